@@ -1,0 +1,1 @@
+"""The `lowbit` command line: subcommands are registered in :mod:`lowbit.cli.main`."""

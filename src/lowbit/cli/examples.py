@@ -1,0 +1,127 @@
+"""What the CLI quantizes: a model SPEC turned into a model, calibration data and a score.
+
+SPEC is a built-in example (``digits``, ``minilm``), ``hf:PATH`` (a local Hugging Face
+directory, scored by mean-pooled embedding cosine to the float model) or
+``module:function`` (the function returns a model, ``(model, calib_data)`` or
+``(model, calib_data, eval_fn)`` where ``eval_fn(model) -> float``).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from lowbit.errors import ConfigError
+
+BUILTIN = ("digits", "minilm")
+
+
+@dataclass
+class Example:
+    """A float model with its calibration batches and a scoring function."""
+
+    spec: str
+    model: nn.Module
+    calib_data: list
+    score: Callable[[nn.Module], float]   # higher is better
+    metric: str                            # e.g. "accuracy_pct" or "cosine_to_float"
+    default_recipe: str
+    note: str = ""
+
+
+def _cosine_scorer(reference: nn.Module, batches: list) -> Callable[[nn.Module], float]:
+    """Score = mean cosine between a model's outputs and the float reference's, per row."""
+    from lowbit.model.batches import call_batch
+
+    def outputs(model: nn.Module) -> torch.Tensor:
+        with torch.inference_mode():
+            outs = [_as_tensor(call_batch(model, b)).float() for b in batches]
+        return torch.cat([o.reshape(o.shape[0], -1) for o in outs])
+
+    ref = outputs(reference)
+
+    def score(model: nn.Module) -> float:
+        return float(torch.nn.functional.cosine_similarity(outputs(model), ref, dim=1).mean())
+
+    return score
+
+
+def _as_tensor(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    for key in ("last_hidden_state", "logits"):
+        if hasattr(out, key):
+            return getattr(out, key)
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise ConfigError("model output", type(out).__name__, "a tensor (or a tuple starting with one)",
+                      fix="wrap the model so that forward returns a tensor")
+
+
+def digits(calib_batches: int = 8, seed: int = 0) -> Example:
+    from lowbit.zoo.digits import accuracy, calibration_batches, train_digits_cnn
+
+    model, data, _ = train_digits_cnn(seed=seed)
+    calib = list(calibration_batches(data, calib_batches, 64))
+    return Example("digits", model, calib,
+                   lambda m: accuracy(m, data.x_test, data.y_test), "accuracy_pct", "w8a8-static",
+                   "small CNN trained on scikit-learn's digits; score = test accuracy (%)")
+
+
+def minilm(n_sentences: int = 128, calib_batches: int = 4) -> Example:
+    from lowbit.zoo.minilm import load_minilm, pydoc_sentences, tokenize_batches
+
+    model, tokenizer = load_minilm()
+    batches = tokenize_batches(tokenizer, pydoc_sentences(n_sentences), batch_size=32)
+    calib = tokenize_batches(tokenizer, pydoc_sentences(64, seed=1), batch_size=32)[:calib_batches]
+    return Example("minilm", model, calib, _cosine_scorer(model, batches), "cosine_to_float",
+                   "w8a8", f"MiniLM-L6 sentence encoder; score = mean embedding cosine to float "
+                           f"over {n_sentences} pydoc sentences")
+
+
+def hf_directory(path: str, n_sentences: int = 64) -> Example:
+    from lowbit.zoo.minilm import load_minilm, pydoc_sentences, tokenize_batches
+
+    model, tokenizer = load_minilm(path)  # any local encoder directory, mean pooled
+    batches = tokenize_batches(tokenizer, pydoc_sentences(n_sentences), batch_size=16)
+    return Example(f"hf:{path}", model, batches[:2], _cosine_scorer(model, batches),
+                   "cosine_to_float", "w8a8", "local Hugging Face encoder, mean pooled")
+
+
+def from_function(ref: str) -> Example:
+    module_name, _, attr = ref.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError("--model", ref, "'digits', 'minilm', 'hf:PATH' or 'module:function'",
+                          fix=f"check that {module_name!r} is importable and defines {attr!r} "
+                              f"({exc})") from None
+    out = fn()
+    model, calib, score = (out, None, None) if isinstance(out, nn.Module) else (tuple(out) + (None,) * 2)[:3]
+    if not isinstance(model, nn.Module) or calib is None:
+        raise ConfigError("--model", ref, "a function returning (model, calib_data[, eval_fn])",
+                          fix="return the float model together with a list of input batches")
+    calib = list(calib)
+    metric = "score"
+    if score is None:
+        score, metric = _cosine_scorer(copy.deepcopy(model), calib), "cosine_to_float"
+    return Example(ref, model, calib, score, metric, "w8a8")
+
+
+def load_example(spec: str) -> Example:
+    """Resolve a model SPEC (see the module docstring)."""
+    if spec == "digits":
+        return digits()
+    if spec == "minilm":
+        return minilm()
+    if spec.startswith("hf:"):
+        return hf_directory(spec[3:])
+    if ":" in spec:
+        return from_function(spec)
+    raise ConfigError("--model", spec, f"one of {BUILTIN}, 'hf:PATH' or 'module:function'",
+                      fix="e.g. --model digits")

@@ -1,0 +1,55 @@
+"""Quantize a model with a recipe and save the checkpoints, records and score.
+
+``lowbit quantize --model SPEC --recipe NAME|FILE --out_dir DIR`` (or the role flags of
+seed 000 instead of --recipe). Writes ``DIR/calibrated`` (fake-quant: float weights,
+ranges and observer state — can be re-calibrated or fine-tuned), ``DIR/quantized``
+(integer storage), ``DIR/records.json`` and ``DIR/summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lowbit.cli.flags import add_quant_flags, backend_of, check_flags, recipe_from_args, uses_role_flags
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True,
+                        help="digits, minilm, hf:PATH (local Hugging Face dir) or module:function")
+    parser.add_argument("--recipe", default=None,
+                        help="preset name (w8a8, w8a8-static, w8a16, w4a16-g128, w4a8, "
+                             "int16-fixed88, int16) or a JSON/YAML recipe file")
+    parser.add_argument("--out_dir", required=True, help="output directory")
+    add_quant_flags(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Quantize a model (calibrate, convert) and save checkpoints and a summary."""
+    import lowbit.model.checkpoint as ckpt
+    from lowbit.cli.examples import load_example
+    from lowbit.cli.report_layers import layer_table
+    from lowbit.cli.runner import quantize_example, write_json
+
+    args.needs_recipe = False
+    check_flags(args)
+    example = load_example(args.model)
+    recipe = recipe_from_args(args) if uses_role_flags(args) else (args.recipe
+                                                                  or example.default_recipe)
+    out = quantize_example(example, recipe, backend=backend_of(args),
+                           max_batches=args.quant_calib_batches)
+    float_score = example.score(example.model)
+    out_dir = Path(args.out_dir)
+    ckpt.save(out.fake_quant, out_dir / "calibrated")
+    ckpt.save(out.model, out_dir / "quantized")
+    write_json(out_dir / "records.json", [r.to_dict() for r in out.records])
+    summary = {"model": args.model, "recipe": out.recipe, "backend": backend_of(args),
+               "metric": example.metric, "float": float_score, "quantized": out.score,
+               "change_vs_float": out.score - float_score, **out.size}
+    write_json(out_dir / "summary.json", summary)
+    print(layer_table(out.records))
+    print(f"\n{example.metric}: float {float_score:.4f} -> quantized {out.score:.4f} "
+          f"({out.score - float_score:+.4f}); {out.size['float_bytes']} -> "
+          f"{out.size['quantized_bytes']} bytes ({out.size['compression_ratio']:.2f}x)")
+    print(f"wrote {out_dir}/calibrated, {out_dir}/quantized, records.json, summary.json")
+    return 0

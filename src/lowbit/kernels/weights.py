@@ -1,0 +1,135 @@
+"""``QuantWeight``: one quantized weight matrix as the kernels receive it.
+
+The real modules of ``lowbit.nn`` store a weight in its 2-D view ``[N, K]`` (``N`` outputs,
+``K`` inputs; a conv weight ``[O, I/groups, kh, kw]`` is ``[O, I/groups·kh·kw]``):
+
+``qdata``       integer codes ``[N, K]`` in ``qtype.storage_dtype``, or for grids of at most 4
+                bits the codes packed along ``K`` into uint8 ``[N, ceil(K·bits/8)]``
+                (:func:`lowbit.primitives.packing.pack_codes`: offset by ``-qmin``, first code
+                in the low bits);
+``scale``, ``zero_point``  shaped like :class:`lowbit.types.QParams` for ``[N, K]``
+                (``[N // block[0], K // block[1]]``), integer zero points;
+
+and ``x̂ = (q − z)·s``.  ``K`` is recovered from the qparams: ``K = scale.shape[1]·block[1]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ConfigError, InputError
+from ..primitives.affine import dequantize
+from ..primitives.packing import packed_size, unpack_codes
+from ..types import QParams, QType, qtype_from_name
+
+
+@dataclass(frozen=True, eq=False)
+class QuantWeight:
+    """A validated quantized weight ``[N, K]`` (see the module docstring for the layout).
+
+    Build it with :func:`quant_weight`, which checks shapes and dtypes. The tensors are
+    the caller's own (not copied).
+    """
+
+    qdata: torch.Tensor
+    scale: torch.Tensor
+    zero_point: torch.Tensor
+    qtype: QType
+    block_size: tuple[int, int]
+    n: int
+    k: int
+    packed: bool
+
+    @property
+    def device(self) -> torch.device:
+        return self.qdata.device
+
+    @property
+    def per_channel(self) -> bool:
+        """One (scale, zero) per output row: block ``(1, K)``."""
+        return self.block_size == (1, self.k)
+
+    @property
+    def symmetric(self) -> bool:
+        """All zero points are 0."""
+        return not bool(self.zero_point.any())
+
+    def qparams(self) -> QParams:
+        """The weight's :class:`QParams` for the ``[N, K]`` view."""
+        return QParams(self.scale, self.zero_point, self.qtype, self.block_size)
+
+    def codes(self) -> torch.Tensor:
+        """Unpacked codes ``[N, K]`` in ``qtype.storage_dtype`` (no copy when not packed)."""
+        if self.packed:
+            return unpack_codes(self.qdata, self.qtype, self.k)
+        return self.qdata
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The float weight ``(q − z)·s`` ``[N, K]`` in ``dtype``."""
+        return dequantize(self.codes(), self.qparams(), dtype)
+
+    def stored_nbytes(self) -> int:
+        """Bytes of ``qdata``, ``scale`` and ``zero_point`` as stored."""
+        return sum(t.numel() * t.element_size() for t in (self.qdata, self.scale, self.zero_point))
+
+    def rows(self, start: int, stop: int) -> "QuantWeight":
+        """Output rows ``[start, stop)`` as a weight of their own (views, no copy)."""
+        b0 = self.block_size[0]
+        if start % b0 or stop % b0:
+            raise InputError(f"QuantWeight.rows: rows [{start}, {stop}) cut a block of "
+                             f"{b0} rows; split at multiples of block_size[0]={b0}")
+        return QuantWeight(self.qdata[start:stop], self.scale[start // b0:stop // b0],
+                           self.zero_point[start // b0:stop // b0], self.qtype,
+                           self.block_size, stop - start, self.k, self.packed)
+
+
+def quant_weight(qdata: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                 qtype, block_size) -> QuantWeight:
+    """Check and describe a quantized weight ``[N, K]`` stored as lowbit.nn stores it.
+
+    Raises :class:`InputError` naming the inconsistent tensor and the fix.
+    """
+    qtype = qtype_from_name(qtype)
+    for name, t in (("qdata", qdata), ("scale", scale), ("zero_point", zero_point)):
+        if not isinstance(t, torch.Tensor):
+            raise InputError(f"{name} is a {type(t).__name__}; pass a torch tensor")
+        if t.dim() != 2:
+            raise InputError(f"{name} has shape {tuple(t.shape)}; kernels take the weight's "
+                             "2-D view [N, K] (a conv weight as [O, I/groups·kh·kw]) and "
+                             "qparams of the same rank")
+    if not isinstance(block_size, (tuple, list)) or len(block_size) != 2 or not all(
+            isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in block_size):
+        raise ConfigError("block_size", block_size, "two positive ints (rows, cols)",
+                          fix="pass QParams.block_size of the [N, K] view, e.g. (1, K) per "
+                              "channel or (1, 128) for groups of 128")
+    block = (int(block_size[0]), int(block_size[1]))
+    if scale.shape != zero_point.shape:
+        raise InputError(f"scale shape {tuple(scale.shape)} and zero_point shape "
+                         f"{tuple(zero_point.shape)} differ; they must match")
+    if scale.is_complex() or not scale.is_floating_point():
+        raise InputError(f"scale has dtype {scale.dtype}; pass float scales")
+    if zero_point.is_floating_point() or zero_point.is_complex():
+        raise InputError(f"zero_point has dtype {zero_point.dtype}; kernels take integer "
+                         "zero points (int32)")
+    n, k = scale.shape[0] * block[0], scale.shape[1] * block[1]
+    if qdata.shape[0] != n:
+        raise InputError(f"qdata has {qdata.shape[0]} rows but scale {tuple(scale.shape)} "
+                         f"with block_size {block} describes {n}; pass matching tensors")
+    # lowbit.nn packs grids of at most 4 bits; a packed row of K codes takes ceil(K·bits/8)
+    packed = (qtype.bits <= 4 and qdata.dtype == torch.uint8
+              and qdata.shape[1] == packed_size(k, qtype.bits))
+    if not packed:
+        if qdata.shape[1] != k:
+            raise InputError(f"qdata has shape {tuple(qdata.shape)} but scale and block_size "
+                             f"describe [{n}, {k}] (codes unpacked, or packed uint8 "
+                             f"[{n}, {packed_size(k, qtype.bits) if qtype.bits <= 8 else k}] for "
+                             "grids of at most 4 bits); pass matching tensors")
+        if qdata.dtype != qtype.storage_dtype:
+            raise InputError(f"qdata has dtype {qdata.dtype}; unpacked {qtype.name} codes are "
+                             f"stored as {qtype.storage_dtype}")
+    if len({qdata.device, scale.device, zero_point.device}) != 1:
+        raise InputError(f"qdata ({qdata.device}), scale ({scale.device}) and zero_point "
+                         f"({zero_point.device}) are on different devices; move them together")
+    return QuantWeight(qdata, scale, zero_point, qtype, block, n, k, packed)

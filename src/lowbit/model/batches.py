@@ -1,0 +1,76 @@
+"""How lowbit feeds a batch to a model, in one place.
+
+A tuple or list batch is passed as positional arguments, a dict as keyword
+arguments, anything else as the single argument.  ``calib_data`` may also be a
+callable ``forward_loop(model)`` that runs the model itself.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping
+from typing import Any, Callable
+
+from torch import nn
+
+from ..errors import ConfigError
+
+
+def split_batch(batch: Any) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` for one batch, following the convention above."""
+    if isinstance(batch, Mapping):
+        return (), dict(batch)
+    if isinstance(batch, (tuple, list)):
+        return tuple(batch), {}
+    return (batch,), {}
+
+
+def call_batch(model: nn.Module, batch: Any) -> Any:
+    """Run ``model`` on one batch."""
+    args, kwargs = split_batch(batch)
+    return model(*args, **kwargs)
+
+
+def peek(calib_data: Any) -> tuple[Any | None, Any]:
+    """``(first batch or None, data)``: the data to iterate afterwards still holds the
+    first batch. A callable forward loop or a non-iterable is returned unchanged."""
+    if callable(calib_data) and not isinstance(calib_data, nn.Module) \
+            or not isinstance(calib_data, Iterable):
+        return None, calib_data
+    if isinstance(calib_data, (list, tuple)):
+        return (calib_data[0] if len(calib_data) else None), calib_data
+    iterator = iter(calib_data)
+    try:
+        first = next(iterator)
+    except StopIteration:
+        return None, ()
+    return first, itertools.chain([first], iterator)
+
+
+def run_batches(model: nn.Module, calib_data: Any, max_batches: int | None = None,
+                progress: Callable[[int], None] | None = None) -> int:
+    """Run ``model`` over ``calib_data`` (an iterable of batches or ``forward_loop(model)``).
+
+    Returns the number of batches run (-1 when a forward loop ran, which counts its own).
+    ``progress`` is called with the running count after every batch.
+    """
+    if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int)
+                                    or max_batches < 0):
+        raise ConfigError("max_batches", max_batches, "None or an integer >= 0",
+                          fix="pass max_batches=None to use every batch")
+    if callable(calib_data) and not isinstance(calib_data, nn.Module):
+        calib_data(model)
+        return -1
+    if not isinstance(calib_data, Iterable):
+        raise ConfigError("calib_data", type(calib_data).__name__,
+                          "an iterable of batches or a callable forward_loop(model)",
+                          fix="pass e.g. a list of input tensors, a DataLoader, or a function")
+    count = 0
+    for batch in calib_data:
+        if max_batches is not None and count >= max_batches:
+            break
+        call_batch(model, batch)
+        count += 1
+        if progress is not None:
+            progress(count)
+    return count

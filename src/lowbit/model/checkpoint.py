@@ -1,0 +1,455 @@
+"""Save and load prepared, calibrated or converted models: safetensors plus a JSON manifest.
+
+A checkpoint is a DIRECTORY holding ``manifest.json`` and ``weights-<sha256[:16]>.safetensors``.
+Loading never unpickles: the manifest is JSON, the tensors safetensors.
+
+Manifest, format v1::
+
+    format          "lowbit-checkpoint"
+    format_version  1 (older versions are migrated on load: lowbit.model.migrations)
+    lowbit_version  the lowbit that wrote it
+    recipe          Recipe.to_dict()
+    backend         "reference" | "native"
+    stage           "prepared" | "calibrated" | "converted"
+    layers          {name: {"module_type", "kind": "qat" | "quantized", "config": LayerConfig}}
+    records         [LayerRecord.to_dict(), ...]
+    roles           the RoleMap's fields, or null
+    observers       {quantizer path: {"method", "n_observed", "observing"}}
+    weights_file, weights_sha256, weights_bytes
+
+The weights file holds the model's ``state_dict`` and, under ``__observer__/<quantizer
+path>/<key>``, the state tensors of every quantizer's observer, so that calibration can
+resume after loading (keep running forwards, then ``model.end_calibration()``).
+
+Saving is atomic: the weights go to a temporary file in the directory (fsync, ``os.replace``),
+then the manifest likewise; replacing the manifest is the commit point.  Only then are weight
+files the new manifest does not name deleted, so a crash at any point leaves the previous
+checkpoint loadable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .._version import __version__
+from ..config import LayerConfig
+from ..errors import CheckpointError, ConfigError, StateError
+from ..nn.quantized import QuantizedModule
+from ..nn.quantizer import BACKENDS, TensorQuantizer
+from ..nn.tables import QAT_MODULES, QUANTIZED_MODULES
+from ..observers import make_observer
+from ..recipe import Recipe
+from ..records import LayerRecord
+from .migrations import FORMAT, FORMAT_VERSION, migrate
+from .prepare import STATE_ATTR, _set_submodule, attach, lowbit_state, quant_modules
+from .select import RoleMap
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+OBSERVER_PREFIX = "__observer__/"
+STAGES = ("prepared", "calibrated", "converted")
+KINDS = ("qat", "quantized")
+_QUANTIZER_BUFFERS = ("scale", "zero_point", "block_size")  # shapes adopted on load
+_SHOW = 5  # keys named in a mismatch message
+
+# ---------------------------------------------------------------------------- save
+
+
+def _stage(model: nn.Module) -> str:
+    state = lowbit_state(model)
+    return "converted" if state.converted else "calibrated" if state.calibrated else "prepared"
+
+
+def _layers(model: nn.Module) -> dict[str, dict]:
+    """Every lowbit module of ``model``: its type, kind and config."""
+    layers = {name: {"module_type": type(m).__name__, "kind": "qat",
+                     "config": m.config.to_dict()} for name, m in quant_modules(model)}
+    for name, module in model.named_modules():
+        if isinstance(module, QuantizedModule):
+            config = LayerConfig(module.weight_spec, module.act_spec)
+            layers[name] = {"module_type": type(module).__name__, "kind": "quantized",
+                            "config": config.to_dict()}
+    return layers
+
+
+def _tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """The state_dict plus observer states (CPU, contiguous, no shared storage)."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+
+    def put(key: str, value: Any) -> None:
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"state_dict entry {key!r} is a {type(value).__name__}, not a "
+                                  "tensor; checkpoints hold tensors only (safetensors). Fix: "
+                                  "keep module extra state out of state_dict or store it as "
+                                  "a buffer")
+        t = value.detach().to("cpu").contiguous()
+        storage = t.untyped_storage().data_ptr()
+        if t.numel() and storage in seen:  # tied or viewed tensors: safetensors wants them apart
+            t = t.clone()
+            storage = t.untyped_storage().data_ptr()
+        if t.numel():
+            seen.add(storage)
+        out[key] = t
+
+    for key, value in model.state_dict().items():
+        put(key, value)
+    observers = {}
+    for path, module in model.named_modules():
+        if isinstance(module, TensorQuantizer) and module.observer is not None:
+            for key, value in module.observer.state_dict().items():
+                put(f"{OBSERVER_PREFIX}{path}/{key}", value)
+            observers[path] = {"method": module.spec.method, "n_observed": module._n_observed,
+                               "observing": bool(module.observing)}
+    return out, observers
+
+
+def _roles_dict(roles: RoleMap | None) -> dict | None:
+    if roles is None:
+        return None
+    return {"roles": roles.roles, "order": roles.order, "source": roles.source,
+            "never_executed": roles.never_executed, "info": roles.info}
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (best effort: not every OS can open a dir)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_text(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Save a prepared, calibrated or converted ``model`` into the directory ``path``.
+
+    Writes ``weights-<sha256[:16]>.safetensors`` and ``manifest.json`` atomically (see the
+    module docstring) and removes weight files of earlier saves.  Returns the directory.
+    Raises :class:`StateError` for a model lowbit never prepared and
+    :class:`CheckpointError` when ``path`` is a file.
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError("model", type(model).__name__, "a torch.nn.Module prepared by lowbit",
+                          fix="pass the model returned by lowbit.prepare or quantize_model")
+    state = lowbit_state(model)
+    directory = Path(path)
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointError(f"{directory}: is a file, but a checkpoint is a directory. "
+                              "Fix: pass a directory path (it is created if missing)")
+    tensors, observers = _tensors(model)
+    directory.mkdir(parents=True, exist_ok=True)
+    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
+                "lowbit_version": __version__, "recipe": state.recipe.to_dict(),
+                "backend": state.backend, "stage": _stage(model), "layers": _layers(model),
+                "records": [r.to_dict() for r in state.records],
+                "roles": _roles_dict(state.roles), "observers": observers}
+    tag = uuid.uuid4().hex
+    tmp_weights = directory / f".weights-{tag}.tmp"
+    tmp_manifest = directory / f".manifest-{tag}.tmp"
+    try:
+        save_file(tensors, str(tmp_weights), metadata={"format": FORMAT})
+        with open(tmp_weights, "rb+") as f:
+            os.fsync(f.fileno())
+        sha = _sha256(tmp_weights)
+        weights = f"weights-{sha[:16]}.safetensors"
+        manifest.update(weights_file=weights, weights_sha256=sha,
+                        weights_bytes=tmp_weights.stat().st_size)
+        try:
+            text = json.dumps(manifest, indent=2)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{directory / MANIFEST}: the manifest cannot be written as "
+                                  f"JSON ({exc}). Fix: keep LayerRecord.metrics to numbers, "
+                                  "strings, lists and dicts") from None
+        os.replace(tmp_weights, directory / weights)
+        _fsync_dir(directory)
+        _write_text(tmp_manifest, text + "\n")
+        os.replace(tmp_manifest, directory / MANIFEST)  # the commit point
+        _fsync_dir(directory)
+    finally:
+        for tmp in (tmp_weights, tmp_manifest):
+            tmp.unlink(missing_ok=True)
+    for stale in directory.glob("weights-*.safetensors"):
+        if stale.name != weights:
+            stale.unlink(missing_ok=True)
+    logger.info("saved %s (%s stage, %d layer(s)) to %s", type(model).__name__,
+                manifest["stage"], len(manifest["layers"]), directory)
+    return directory
+
+# ---------------------------------------------------------------------------- read
+
+
+def _read_manifest(directory: Path) -> dict:
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: no such checkpoint directory. Fix: pass the "
+                              "directory lowbit.save wrote (it holds manifest.json)")
+    file = directory / MANIFEST
+    if not file.is_file():
+        raise CheckpointError(f"{file}: missing; the directory is not a lowbit checkpoint or "
+                              "its save never completed. Fix: pass a directory lowbit.save wrote")
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{file}: not valid JSON ({exc}). Fix: restore the manifest from "
+                              "a backup or save the model again") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise CheckpointError(f"{file}: format={found!r}, expected {FORMAT!r}; this is not a "
+                              "lowbit checkpoint manifest. Fix: pass a directory lowbit.save wrote")
+    version = manifest.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise CheckpointError(f"{file}: format_version={version!r} is invalid: allowed an "
+                              f"integer in [0, {FORMAT_VERSION}]. Fix: restore the manifest")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{file}: format_version={version} is newer than this lowbit "
+                              f"supports ({FORMAT_VERSION}); it was written by lowbit "
+                              f"{manifest.get('lowbit_version')}. Fix: upgrade lowbit")
+    return manifest
+
+
+def _read_weights(directory: Path, manifest: dict) -> dict[str, torch.Tensor]:
+    """Check the weights file against the manifest (size, sha256), then read it safely."""
+    name = manifest.get("weights_file")
+    if not isinstance(name, str) or not name or Path(name).name != name:
+        raise CheckpointError(f"{directory / MANIFEST}: weights_file={name!r} is invalid: "
+                              "allowed a file name inside the checkpoint directory. "
+                              "Fix: restore the manifest")
+    file = directory / name
+    if not file.is_file():
+        raise CheckpointError(f"{file}: weights file missing (named by {MANIFEST}). Fix: copy "
+                              "the whole checkpoint directory, or save the model again")
+    if manifest["format_version"] >= 1 or "weights_sha256" in manifest:
+        size, expected = file.stat().st_size, manifest.get("weights_bytes")
+        if size != expected:
+            raise CheckpointError(f"{file}: {size} bytes but the manifest says {expected}; "
+                                  "the file is truncated or corrupt. Fix: copy it again from "
+                                  "the source, or save the model again")
+        sha = _sha256(file)
+        if sha != manifest.get("weights_sha256"):
+            raise CheckpointError(f"{file}: sha256 {sha[:16]}... does not match the manifest's "
+                                  f"{str(manifest.get('weights_sha256'))[:16]}...; the file is "
+                                  "corrupt. Fix: copy it again from the source, or save again")
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{file}: not a readable safetensors file ({exc}). Fix: copy it "
+                              "again from the source, or save the model again") from None
+
+
+def _validate(manifest: dict, file: Path) -> None:
+    """Check the v1 fields' types (after migration)."""
+    def bad(field: str, allowed: str) -> CheckpointError:
+        return CheckpointError(f"{file}: {field}={manifest.get(field)!r} is invalid: allowed "
+                               f"{allowed}. Fix: restore the manifest or save the model again")
+
+    if manifest.get("stage") not in STAGES:
+        raise bad("stage", f"one of {STAGES}")
+    if manifest.get("backend") not in BACKENDS:
+        raise bad("backend", f"one of {BACKENDS}")
+    for field, kind in (("layers", dict), ("records", list), ("recipe", dict)):
+        if not isinstance(manifest.get(field), kind):
+            raise bad(field, f"a {kind.__name__}")
+    for name, entry in manifest["layers"].items():
+        if not isinstance(entry, dict) or entry.get("kind") not in KINDS \
+                or not isinstance(entry.get("config"), dict):
+            raise CheckpointError(f"{file}: layers[{name!r}]={entry!r} is invalid: allowed "
+                                  f"{{'module_type', 'kind': one of {KINDS}, 'config': {{...}}}}. "
+                                  "Fix: restore the manifest or save the model again")
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The migrated (current-version) manifest and tensors of the checkpoint at ``path``.
+
+    Validates the manifest, checks the weights file's size and sha256 and runs
+    :func:`lowbit.model.migrations.migrate`; raises :class:`CheckpointError` naming the file.
+    """
+    directory = Path(path)
+    manifest = _read_manifest(directory)
+    tensors = _read_weights(directory, manifest)
+    file = directory / MANIFEST
+    try:
+        manifest, tensors = migrate(manifest, tensors)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{file}: {exc}") from None
+    _validate(manifest, file)
+    return manifest, tensors
+
+# ---------------------------------------------------------------------------- rebuild
+
+
+def _configs(manifest: dict, model: nn.Module, file: Path) -> dict[str, LayerConfig]:
+    """Each manifest layer's config, checked against the float model's module there."""
+    configs = {}
+    for name, entry in manifest["layers"].items():
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            module = None
+        qat_cls = QAT_MODULES.get(type(module))
+        if qat_cls is None:
+            found = "no module" if module is None else f"a {type(module).__name__}"
+            raise CheckpointError(f"{file}: layer {name!r} named in the manifest is not found in "
+                                  f"the model ({found} there, need a float "
+                                  f"{entry.get('module_type')}'s twin). Fix: load into a fresh "
+                                  "instance of the architecture that was saved")
+        cls = qat_cls if entry["kind"] == "qat" else QUANTIZED_MODULES.get(qat_cls)
+        saved_type = entry.get("module_type")
+        if cls is None or (saved_type is not None and saved_type != cls.__name__):
+            raise CheckpointError(f"{file}: layer {name!r} was saved as a {saved_type} but the "
+                                  f"model's {type(module).__name__} there becomes a "
+                                  f"{getattr(cls, '__name__', None)}. Fix: load into a fresh "
+                                  "instance of the architecture that was saved")
+        try:
+            configs[name] = LayerConfig.from_dict(entry["config"])
+        except ConfigError as exc:
+            raise CheckpointError(f"{file}: layers[{name!r}].config is invalid ({exc})") from None
+        if entry["kind"] == "quantized" and configs[name].weight is None:
+            raise CheckpointError(f"{file}: layer {name!r} is 'quantized' without a weight spec. "
+                                  "Fix: restore the manifest or save the model again")
+    return configs
+
+
+def _roles(data: Any) -> RoleMap | None:
+    if not isinstance(data, dict):
+        return None
+    return RoleMap(dict(data.get("roles", {})), list(data.get("order", [])),
+                   str(data.get("source", "registration")), list(data.get("never_executed", [])),
+                   str(data.get("info", "")))
+
+
+def _quantizer_keys(model: nn.Module) -> set[str]:
+    """state_dict keys of quantizer buffers, whose shapes a load adopts."""
+    return {f"{path}.{key}" for path, m in model.named_modules()
+            if isinstance(m, TensorQuantizer) for key in _QUANTIZER_BUFFERS}
+
+
+def _check_state(model: nn.Module, tensors: dict[str, torch.Tensor], file: Path) -> None:
+    """Missing/unexpected keys and shape/dtype mismatches, named (a few of each)."""
+    expected = model.state_dict()
+    adopt = _quantizer_keys(model)
+    problems = []
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing:
+        problems.append(f"{len(missing)} missing key(s) {missing[:_SHOW]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s) {unexpected[:_SHOW]}")
+    wrong = [f"{k}: saved {tuple(tensors[k].shape)} {tensors[k].dtype}, model "
+             f"{tuple(v.shape)} {v.dtype}" for k, v in expected.items()
+             if k in tensors and k not in adopt
+             and (tensors[k].shape != v.shape or tensors[k].dtype != v.dtype)]
+    if wrong:
+        problems.append(f"{len(wrong)} shape/dtype mismatch(es) {wrong[:_SHOW]}")
+    if problems:
+        raise CheckpointError(f"{file}: the checkpoint does not match the model: "
+                              f"{'; '.join(problems)}. Fix: load into a fresh instance of the "
+                              "architecture (and dtype) that was saved")
+
+
+def _restore_observers(model: nn.Module, manifest: dict, observed: dict[str, torch.Tensor],
+                       file: Path) -> None:
+    """Rebuild each saved observer on its quantizer so calibration can continue."""
+    saved = manifest.get("observers") or {}
+    paths = {key[len(OBSERVER_PREFIX):].rsplit("/", 1)[0] for key in observed}
+    for path in sorted(set(saved) | paths):
+        info = saved.get(path, {})
+        try:
+            quantizer = model.get_submodule(path)
+        except AttributeError:
+            quantizer = None
+        if not isinstance(quantizer, TensorQuantizer) or path not in saved \
+                or info.get("method") != quantizer.spec.method:
+            raise CheckpointError(f"{file}: observer state for {path!r} (method "
+                                  f"{info.get('method')!r}) has no matching quantizer in the "
+                                  "model. Fix: load into the architecture that was saved")
+        prefix = f"{OBSERVER_PREFIX}{path}/"
+        state = {k[len(prefix):]: v.to(quantizer.zero_point.device)
+                 for k, v in observed.items() if k.startswith(prefix)}
+        observer = make_observer(quantizer.spec)
+        try:
+            observer.load_state_dict(state)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{file}: observer {path!r}: {exc}") from None
+        object.__setattr__(quantizer, "_observer", observer)
+        quantizer._n_observed = int(info.get("n_observed", 0))
+        quantizer.observing = bool(info.get("observing", False))
+
+
+def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
+    """Load the checkpoint at ``path`` into ``model``, a fresh FLOAT instance of the saved
+    architecture (its weights are overwritten); returns ``model``, rebuilt in place.
+
+    Layers get the fake-quant or real modules and configs the manifest names (no
+    re-selection), the weights and qparams are loaded strictly, observers are restored so
+    calibration can resume, and the stage, records and roles come back.  Older formats are
+    migrated first.  Raises :class:`CheckpointError` naming the file for a missing, corrupt
+    or mismatched checkpoint; after a mismatch the model is half-built, so load into a
+    fresh instance again.  :func:`read_checkpoint` gives the migrated manifest itself.
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError("model", type(model).__name__, "a torch.nn.Module",
+                          fix="pass a fresh float instance of the saved architecture")
+    if getattr(model, STATE_ATTR, None) is not None:
+        raise StateError("lowbit.load needs the FLOAT model, but this one was already prepared "
+                         "by lowbit; pass a fresh instance of the architecture")
+    directory = Path(path)
+    file = directory / MANIFEST
+    manifest, tensors = read_checkpoint(directory)
+    weights_file = directory / manifest["weights_file"]
+    configs = _configs(manifest, model, file)
+    try:
+        recipe = Recipe.from_dict(manifest["recipe"])
+        records = [LayerRecord.from_dict(r) for r in manifest["records"]]
+    except (ConfigError, TypeError, AssertionError) as exc:
+        raise CheckpointError(f"{file}: recipe or records are invalid ({exc}). Fix: restore "
+                              "the manifest or save the model again") from None
+    observed = {k: v for k, v in tensors.items() if k.startswith(OBSERVER_PREFIX)}
+    weights = {k: v for k, v in tensors.items() if not k.startswith(OBSERVER_PREFIX)}
+    attach(model, configs, recipe, manifest["backend"], [], _roles(manifest.get("roles")))
+    state = lowbit_state(model)
+    state.records = records  # as saved (attach would re-annotate them)
+    for name, entry in manifest["layers"].items():
+        if entry["kind"] == "quantized":
+            qat = model.get_submodule(name)
+            config = configs[name]
+            real = QUANTIZED_MODULES[type(qat)]._empty_like(qat, config.weight, config.act)
+            _set_submodule(model, name, real.to(qat.weight.device))
+    _check_state(model, weights, weights_file)
+    model.load_state_dict(weights, strict=True)
+    _restore_observers(model, manifest, observed, weights_file)
+    state.calibrated = manifest["stage"] in ("calibrated", "converted")
+    state.converted = manifest["stage"] == "converted"
+    logger.info("loaded %s (%s stage, %d layer(s)) from %s", type(model).__name__,
+                manifest["stage"], len(configs), directory)
+    return model

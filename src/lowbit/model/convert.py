@@ -1,0 +1,52 @@
+"""convert: calibrated fake-quant modules → real low-bit modules with integer storage.
+
+Each lowbit fake-quant module is replaced by its entry in
+``lowbit.nn.tables.QUANTIZED_MODULES`` (int8/int16 codes or packed int4 ``qdata``
+with ``scale`` and ``zero_point``).  Layers are converted one at a time and the
+fake-quant module is dropped as soon as its replacement exists, so converting
+in place needs memory for the model plus one layer.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+from torch import nn
+
+from ..nn.tables import QUANTIZED_MODULES
+from .prepare import _set_submodule, lowbit_state, quant_modules
+
+logger = logging.getLogger(__name__)
+
+
+def convert(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+    """Replace every calibrated fake-quant module of ``model`` by a real low-bit module.
+
+    inplace: convert ``model`` itself (memory: the model plus one layer) instead of a copy,
+    which keeps the fake-quant model for comparison.
+    Raises :class:`~lowbit.errors.StateError` if a layer still needs calibration.
+    """
+    state = lowbit_state(model)
+    if not inplace:
+        model = copy.deepcopy(model)
+        state = lowbit_state(model)
+    for name, qat in list(quant_modules(model)):
+        if qat.weight_quantizer is None:  # activation-only layer: stays fake-quant
+            record = state.record(name)
+            if record is not None:
+                record.reason += "; weight kept float, so the layer stays fake-quant after convert"
+            continue
+        real = QUANTIZED_MODULES[type(qat)].from_qat(qat)
+        _set_submodule(model, name, real)
+        record = state.record(name)
+        if record is not None:
+            record.metrics["weight_bytes"] = real.nbytes()
+            for attr in ("kernel", "backend", "kernel_reason"):
+                value = getattr(real, attr, None)
+                if isinstance(value, str):
+                    setattr(record, attr, value)
+        del qat
+    state.converted = True
+    logger.info("converted %s to integer storage", type(model).__name__)
+    return model

@@ -1,0 +1,210 @@
+"""prepare → calibrate: swap in fake-quant modules and find their ranges.
+
+``prepare(model, recipe)`` returns a copy of ``model`` whose selected layers are
+fake-quant modules (lowbit.nn) with observers; ``calibrate(model)`` is a
+context manager under which forwards feed the observers (no grad) and after
+which the ranges are frozen.  The prepared model also gets
+``start_calibration()`` / ``end_calibration()`` methods (the style of seed 002).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import types
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from ..config import LayerConfig
+from ..errors import ConfigError, StateError
+from ..nn.quantizer import BACKENDS, TensorQuantizer
+from ..nn.tables import QAT_MODULES
+from ..recipe import Recipe, load_recipe
+from ..records import LayerRecord
+from .batches import split_batch
+from .select import RoleMap, find_roles, select_layers
+
+logger = logging.getLogger(__name__)
+
+STATE_ATTR = "_lowbit_state"
+
+
+class LowbitState:
+    """What lowbit keeps on a prepared model: its recipe, backend and layer records."""
+
+    def __init__(self, recipe: Recipe, backend: str, records: list[LayerRecord],
+                 roles: RoleMap | None):
+        self.recipe = recipe
+        self.backend = backend
+        self.records = records
+        self.roles = roles
+        self.calibrated = False
+        self.converted = False
+
+    def record(self, name: str) -> LayerRecord | None:
+        return next((r for r in self.records if r.name == name), None)
+
+
+def lowbit_state(model: nn.Module) -> LowbitState:
+    """The :class:`LowbitState` of a prepared model (StateError if it was never prepared)."""
+    state = getattr(model, STATE_ATTR, None)
+    if state is None:
+        raise StateError(f"{type(model).__name__} has not been prepared by lowbit; "
+                         "call lowbit.prepare(model, recipe) (or lowbit.quantize_model) first")
+    return state
+
+
+def quant_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """``(name, module)`` of every lowbit fake-quant module in ``model``."""
+    qat_types = tuple(set(QAT_MODULES.values()))
+    for name, module in model.named_modules():
+        if isinstance(module, qat_types):
+            yield name, module
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def prepare(model: nn.Module, recipe: Any, *, example_inputs: Any = None,
+            backend: str = "reference", inplace: bool = False) -> nn.Module:
+    """Swap the layers ``recipe`` selects for fake-quant modules with observers.
+
+    recipe: a preset name, a :class:`Recipe`, a path to JSON/YAML, or "module:attr".
+    example_inputs: one batch (tuple → positional, dict → keyword, else the single
+    argument) used to find layer roles by execution order when the recipe uses roles.
+    backend: "reference" (lowbit's autograd) or "native" (PyTorch fused kernels).
+    inplace: modify ``model`` itself instead of a deep copy.
+    Returns the prepared model; its records are in ``lowbit_state(model).records``.
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError("model", type(model).__name__, "a torch.nn.Module",
+                          fix="pass the float model itself")
+    if backend not in BACKENDS:
+        raise ConfigError("backend", backend, f"one of {BACKENDS}",
+                          fix="use 'reference' (python) or 'native' (cpp)")
+    if getattr(model, STATE_ATTR, None) is not None:
+        raise StateError("this model was already prepared by lowbit; prepare the float model")
+    recipe = load_recipe(recipe)
+    if not inplace:
+        model = copy.deepcopy(model)
+    roles = _roles(model, recipe, example_inputs)
+    configs, records = select_layers(model, recipe, roles)
+    attach(model, configs, recipe, backend, records, roles)
+    n_q = sum(r.action == "quantized" for r in records)
+    logger.info("prepared %d layer(s) with recipe %r (%s backend)", n_q, recipe.name, backend)
+    return model
+
+
+def attach(model: nn.Module, configs: dict[str, LayerConfig], recipe: Recipe, backend: str,
+           records: list[LayerRecord], roles: RoleMap | None) -> None:
+    """Swap each named float layer for its fake-quant module and attach lowbit's state."""
+    by_name = {r.name: r for r in records}
+    for name, config in configs.items():
+        float_module = model.get_submodule(name)
+        qat_cls = QAT_MODULES[type(float_module)]
+        qmod = qat_cls.from_float(float_module, config, backend=backend)
+        _set_submodule(model, name, qmod)
+        record = by_name.get(name)
+        if record is not None:
+            record.backend = backend
+            if qmod.fallback_reason:
+                record.kernel_reason = qmod.fallback_reason
+    setattr(model, STATE_ATTR, LowbitState(recipe, backend, records, roles))
+    model.start_calibration = types.MethodType(start_calibration, model)
+    model.end_calibration = types.MethodType(end_calibration, model)
+
+
+def _roles(model: nn.Module, recipe: Recipe, example_inputs: Any) -> RoleMap | None:
+    if not recipe.uses_roles:
+        return None
+    if example_inputs is None:
+        return find_roles(model)
+    args, kwargs = split_batch(example_inputs)
+    return find_roles(model, args, kwargs)
+
+
+def start_calibration(model: nn.Module) -> None:
+    """Turn every observer on; forwards now record ranges (outputs stay float)."""
+    state = lowbit_state(model)
+    if state.converted:
+        raise StateError("the model is already converted to integer storage; "
+                         "calibrate the fake-quant model before lowbit.convert")
+    for _, module in quant_modules(model):
+        module.start_observing()
+
+
+def end_calibration(model: nn.Module) -> None:
+    """Freeze every observer's range into qparams and record each layer's ranges."""
+    state = lowbit_state(model)
+    for name, module in quant_modules(model):
+        module.freeze()
+        record = state.record(name)
+        if record is not None:
+            record.metrics.update(_calibration_metrics(module.summary()))
+    state.calibrated = True
+
+
+def _calibration_metrics(summary: dict) -> dict:
+    """The numbers of a module summary worth keeping in its record."""
+    out = {}
+    for role in ("weight", "act"):
+        part = summary.get(role) or {}
+        obs = part.get("observer") or {}
+        if "sat_ratio" in obs:
+            out[f"{role}_sat_ratio"] = obs["sat_ratio"]
+        if "chosen" in obs:
+            out[f"{role}_method_chosen"] = obs["chosen"]
+    return out
+
+
+@contextlib.contextmanager
+def calibrate(model: nn.Module, max_batches: int | None = None):
+    """Context manager: observers on and no grad inside; ranges frozen on exit.
+
+    max_batches: observe only the first N forwards of the root model (later
+    forwards inside the block run with observers off).
+    """
+    if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int)
+                                    or max_batches < 1):
+        raise ConfigError("max_batches", max_batches, "None or an integer >= 1",
+                          fix="pass max_batches=None to observe every batch")
+    start_calibration(model)
+    seen = [0]
+    paused: list[TensorQuantizer] = []
+
+    def count(_module, _inputs):
+        seen[0] += 1
+        if max_batches is not None and seen[0] == max_batches + 1:
+            paused.extend(m for m in model.modules()
+                          if isinstance(m, TensorQuantizer) and m.enabled)
+            for quantizer in paused:  # later forwards run float, observing nothing
+                quantizer.observing, quantizer.enabled = False, False
+
+    handle = model.register_forward_pre_hook(count)
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        handle.remove()
+    for quantizer in paused:
+        quantizer.enabled = True
+    end_calibration(model)
+
+
+def to_float(model: nn.Module) -> nn.Module:
+    """Undo :func:`prepare` in place: fake-quant modules back to float ones, state removed."""
+    state = lowbit_state(model)
+    if state.converted:
+        raise StateError("a converted model holds integer weights; to_float needs the "
+                         "fake-quant model (keep it, or load the 'calibrated' checkpoint)")
+    for name, module in list(quant_modules(model)):
+        _set_submodule(model, name, module.to_float())
+    for attr in (STATE_ATTR, "start_calibration", "end_calibration"):
+        model.__dict__.pop(attr, None)
+    return model

