@@ -65,8 +65,10 @@ _DESCRIPTIONS = {
     "w8a8-static": "int8 per-channel weights + int8 per-tensor calibrated activations "
                    "(CNNs, static graphs)",
     "w8a16": "int8 per-channel symmetric weights only; activations stay float",
-    "w4a16-g128": "int4 affine weights in groups of 128 input features; activations stay float",
-    "w4a8": "int4 symmetric weights in groups of 128 + int8 per-token dynamic activations",
+    "w4a16-g128": "int4 affine weights in groups of 128 input features; activations stay "
+                  "float; Embedding weight-only int8",
+    "w4a8": "int4 symmetric weights in groups of 128 + int8 per-token dynamic activations; "
+            "Embedding weight-only int8",
     "int16-fixed88": "Q8.8 fixed point: int16 with scale 1/256 for weights and activations",
     "int16": "int16 per-channel symmetric weights + int16 per-tensor calibrated activations",
 }
@@ -77,9 +79,10 @@ PRESETS: dict[str, Recipe] = {
                                 LayerConfig(_W8, None)),
     "w8a16": _linear_conv("w8a16", LayerConfig(_W8, None), LayerConfig(_W8, None)),
     "w4a16-g128": _linear_conv("w4a16-g128", LayerConfig(
-        _weight(int4, Scheme.AFFINE, PerGroup(128, axis=1)), None)),
+        _weight(int4, Scheme.AFFINE, PerGroup(128, axis=1)), None), LayerConfig(_W8, None)),
     "w4a8": _linear_conv("w4a8", LayerConfig(
-        _weight(int4, Scheme.SYMMETRIC, PerGroup(128, axis=1)), _A8_DYNAMIC)),
+        _weight(int4, Scheme.SYMMETRIC, PerGroup(128, axis=1)), _A8_DYNAMIC),
+        LayerConfig(_W8, None)),
     "int16-fixed88": _linear_conv("int16-fixed88", LayerConfig(_Q88, _Q88)),
     "int16": _linear_conv("int16", LayerConfig(
         _weight(int16), QuantSpec(qtype=int16, scheme=Scheme.SYMMETRIC, granularity=PerTensor()))),

@@ -165,11 +165,11 @@ def test_group_size_must_divide_input_dimension():
     model = nn.Sequential(nn.Linear(256, 4), nn.Linear(96, 4), nn.Conv2d(256, 256, 1, groups=4),
                           nn.Embedding(10, 8))
     configs, records = select_layers(model, "w4a16-g128")
-    assert set(configs) == {"0"}, "only the [4, 256] weight splits into groups of 128"
+    assert set(configs) == {"0", "3"}, "only the [4, 256] weight splits into groups of 128"
     recs = _records(records)
     assert recs["1"].action == "skipped" and "size=128 does not divide" in recs["1"].reason
     assert recs["2"].action == "skipped" and "(256, 64, 1, 1)" in recs["2"].reason
-    assert "3" not in recs, "w4a16-g128 has no Embedding rule"
+    assert configs["3"].weight.qtype.bits == 8, "w4a16-g128 keeps Embedding tables at int8"
 
 
 def test_presets_on_a_cnn_and_embedding():

@@ -4,7 +4,10 @@
 --calib_method M | role flags]``. With ``--quant_calib_batches N`` the ranges are
 re-observed on N batches (with ``--calib_method`` if given) and the newly calibrated
 checkpoint is written to ``OUT/checkpoint``; with role flags the checkpoint's weights are
-re-quantized with the recipe the flags describe. Metrics go to ``OUT/metrics.json``.
+re-quantized with the recipe the flags describe (and written there too). Both need the
+calibrated (fake-quant) checkpoint, ``DIR/calibrated`` of ``lowbit quantize``. A new
+``--calib_method`` applies to the calibrated activation ranges (weights keep their method),
+and the checkpoint's layer configs say so. Metrics go to ``OUT/metrics.json``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from lowbit.cli.flags import (FlagError, add_quant_flags, backend_of, check_flag
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``eval`` subcommand's arguments."""
     parser.add_argument("--ckpt", required=True, help="checkpoint directory (from lowbit quantize)")
     parser.add_argument("--model", required=True,
                         help="the float model SPEC the checkpoint was made from")
@@ -25,18 +29,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_quant_flags(parser)
 
 
-def _recalibrate(model, example, batches: int, method: str | None) -> None:
-    from lowbit.model import calibrate
-    from lowbit.model.batches import run_batches
-    from lowbit.nn.quantizer import TensorQuantizer
+def _recalibrate(model, example, batches: int, method: str | None) -> int:
+    """Re-observe the ranges of ``model`` on up to ``batches`` batches; return how many ran.
 
-    for q in model.modules():
-        if isinstance(q, TensorQuantizer) and not q.spec.dynamic:
-            if method is not None:
-                q.spec = q.spec.replace(method=method)
-            q.start_observing(reset=True)
-    with calibrate(model):
-        run_batches(model, example.calib_data, batches)
+    With ``method`` the calibrated activation specs switch to it (weights keep theirs), in
+    the quantizer and in the layer's config and record alike, so that the saved checkpoint
+    describes what was done and loads. A ``method`` with no calibrated activation to apply
+    to raises :class:`FlagError`.
+    """
+    from lowbit.config import LayerConfig
+    from lowbit.model import calibrate, lowbit_state, quant_modules
+    from lowbit.model.batches import run_batches
+    from lowbit.types import Scheme
+
+    state = lowbit_state(model)
+    if method is not None:
+        changed = 0
+        for name, module in quant_modules(model):
+            spec = None if module.act_quantizer is None else module.act_quantizer.spec
+            if spec is None or spec.dynamic or spec.scheme is Scheme.FIXED_POINT:
+                continue
+            module.config = LayerConfig(module.config.weight, spec.replace(method=method))
+            module.act_quantizer.spec = module.config.act
+            record = state.record(name)
+            if record is not None:
+                record.config = module.config.to_dict()
+            changed += 1
+        if not changed:
+            raise FlagError("--calib_method", method, "only for a checkpoint with calibrated "
+                            "activation ranges", fix="its activations are dynamic, fixed-point "
+                                                     "or float; drop --calib_method")
+    with calibrate(model):  # observers restart from scratch (start_observing resets them)
+        return run_batches(model, example.calib_data, batches)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,29 +71,30 @@ def run(args: argparse.Namespace) -> int:
     from lowbit.cli.runner import quantize_example, write_json
     from lowbit.model import convert, estimate_model_size, lowbit_state, to_float
 
-    args.needs_recipe = False
-    check_flags(args)
+    check_flags(args, "eval")
+    roles = uses_role_flags(args)
+    recipe = recipe_from_args(args) if roles else None
     example = load_example(args.model)
     model = ckpt.load(args.ckpt, copy.deepcopy(example.model))
     state = lowbit_state(model)
     n_batches = args.quant_calib_batches or 0
     out_dir = Path(args.out_dir)
-    if uses_role_flags(args) or n_batches:
-        if state.converted:
-            raise FlagError("--ckpt", args.ckpt, "a calibrated (fake-quant) checkpoint for "
-                            "eval-time calibration", fix="use DIR/calibrated written by "
-                                                         "lowbit quantize, not DIR/quantized")
-    if uses_role_flags(args):
+    if (roles or n_batches) and state.converted:
+        what = "re-quantizing with role flags" if roles else "eval-time calibration"
+        raise FlagError("--ckpt", args.ckpt, f"a calibrated (fake-quant) checkpoint for {what}",
+                        fix="use DIR/calibrated written by lowbit quantize, not DIR/quantized "
+                            "(integer weights cannot be re-calibrated)")
+    if roles:
         example.model = to_float(model)
-        out = quantize_example(example, recipe_from_args(args), backend=backend_of(args),
-                               max_batches=n_batches or None)
-        model, fake, records = out.model, out.fake_quant, out.records
+        out = quantize_example(example, recipe, backend=backend_of(args),
+                               max_batches=args.quant_calib_batches)
+        model, fake, records, n_batches = out.model, out.fake_quant, out.records, out.calib_batches
     else:
         if n_batches:
-            _recalibrate(model, example, n_batches, args.calib_method)
+            n_batches = _recalibrate(model, example, n_batches, args.calib_method)
         fake, records = model, state.records
         model = model if state.converted else convert(model)
-    if n_batches or uses_role_flags(args):
+    if n_batches or roles:
         ckpt.save(fake, out_dir / "checkpoint")
     score = example.score(model)
     metrics = {"ckpt": str(args.ckpt), "model": args.model, "metric": example.metric,

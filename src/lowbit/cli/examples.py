@@ -46,7 +46,8 @@ def _cosine_scorer(reference: nn.Module, batches: list) -> Callable[[nn.Module],
     ref = outputs(reference)
 
     def score(model: nn.Module) -> float:
-        return float(torch.nn.functional.cosine_similarity(outputs(model), ref, dim=1).mean())
+        out = ref if model is reference else outputs(model)  # the reference is not run twice
+        return float(torch.nn.functional.cosine_similarity(out, ref, dim=1).mean())
 
     return score
 
@@ -64,6 +65,7 @@ def _as_tensor(out: Any) -> torch.Tensor:
 
 
 def digits(calib_batches: int = 8, seed: int = 0) -> Example:
+    """The digits CNN (trained once, then cached); score = test accuracy in percent."""
     from lowbit.zoo.digits import accuracy, calibration_batches, train_digits_cnn
 
     model, data, _ = train_digits_cnn(seed=seed)
@@ -74,6 +76,7 @@ def digits(calib_batches: int = 8, seed: int = 0) -> Example:
 
 
 def minilm(n_sentences: int = 128, calib_batches: int = 4) -> Example:
+    """The bundled MiniLM-L6 encoder; score = mean embedding cosine to float."""
     from lowbit.zoo.minilm import load_minilm, pydoc_sentences, tokenize_batches
 
     model, tokenizer = load_minilm()
@@ -85,15 +88,25 @@ def minilm(n_sentences: int = 128, calib_batches: int = 4) -> Example:
 
 
 def hf_directory(path: str, n_sentences: int = 64) -> Example:
+    """A local Hugging Face encoder directory, mean pooled; score = cosine to float."""
     from lowbit.zoo.minilm import load_minilm, pydoc_sentences, tokenize_batches
 
-    model, tokenizer = load_minilm(path)  # any local encoder directory, mean pooled
+    try:
+        model, tokenizer = load_minilm(path)  # any local encoder directory, mean pooled
+    except ConfigError as exc:
+        raise ConfigError("--model", f"hf:{path}", "hf:PATH with PATH a local Hugging Face "
+                          "model folder containing config.json",
+                          fix="pass a folder holding config.json, the weights and the "
+                              "tokenizer files, or use --model minilm for the bundled "
+                              f"all-MiniLM-L6-v2 ({exc.value!r} has no config.json)") from None
     batches = tokenize_batches(tokenizer, pydoc_sentences(n_sentences), batch_size=16)
     return Example(f"hf:{path}", model, batches[:2], _cosine_scorer(model, batches),
                    "cosine_to_float", "w8a8", "local Hugging Face encoder, mean pooled")
 
 
 def from_function(ref: str) -> Example:
+    """``module:function``: the function returns a model, ``(model, calib_data)`` or
+    ``(model, calib_data, eval_fn)``."""
     module_name, _, attr = ref.partition(":")
     try:
         fn = getattr(importlib.import_module(module_name), attr)

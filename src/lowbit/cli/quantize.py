@@ -3,7 +3,9 @@
 ``lowbit quantize --model SPEC --recipe NAME|FILE --out_dir DIR`` (or the role flags of
 seed 000 instead of --recipe). Writes ``DIR/calibrated`` (fake-quant: float weights,
 ranges and observer state — can be re-calibrated or fine-tuned), ``DIR/quantized``
-(integer storage), ``DIR/records.json`` and ``DIR/summary.json``.
+(integer storage), ``DIR/records.json`` and ``DIR/summary.json``. Without --recipe and
+role flags the example's own recipe is used (``w8a8-static`` for digits, ``w8a8`` otherwise).
+How the flags combine: :mod:`lowbit.cli.flags`.
 """
 
 from __future__ import annotations
@@ -11,15 +13,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lowbit.cli.flags import add_quant_flags, backend_of, check_flags, recipe_from_args, uses_role_flags
+from lowbit.cli.flags import (FlagError, add_quant_flags, backend_of, check_flags,
+                              recipe_from_args, uses_role_flags, with_calib_method)
+from lowbit.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``quantize`` subcommand's arguments."""
     parser.add_argument("--model", required=True,
                         help="digits, minilm, hf:PATH (local Hugging Face dir) or module:function")
     parser.add_argument("--recipe", default=None,
                         help="preset name (w8a8, w8a8-static, w8a16, w4a16-g128, w4a8, "
-                             "int16-fixed88, int16) or a JSON/YAML recipe file")
+                             "int16-fixed88, int16) or a JSON/YAML recipe file (default: "
+                             "w8a8-static for digits, w8a8 otherwise)")
     parser.add_argument("--out_dir", required=True, help="output directory")
     add_quant_flags(parser)
 
@@ -31,11 +37,21 @@ def run(args: argparse.Namespace) -> int:
     from lowbit.cli.report_layers import layer_table
     from lowbit.cli.runner import quantize_example, write_json
 
-    args.needs_recipe = False
-    check_flags(args)
+    from lowbit.recipe import load_recipe
+
+    check_flags(args, "quantize")
+    # a recipe typo fails here, before a (possibly slow) model is loaded
+    recipe = recipe_from_args(args) if uses_role_flags(args) else None
+    if args.recipe:
+        try:
+            recipe = load_recipe(args.recipe)
+        except ConfigError as exc:
+            raise FlagError("--recipe", args.recipe, exc.allowed, fix=exc.fix) from None
     example = load_example(args.model)
-    recipe = recipe_from_args(args) if uses_role_flags(args) else (args.recipe
-                                                                  or example.default_recipe)
+    if recipe is None:
+        recipe = load_recipe(example.default_recipe)
+    if args.calib_method is not None and not uses_role_flags(args):
+        recipe = with_calib_method(recipe, args.calib_method)
     out = quantize_example(example, recipe, backend=backend_of(args),
                            max_batches=args.quant_calib_batches)
     float_score = example.score(example.model)
@@ -44,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     ckpt.save(out.model, out_dir / "quantized")
     write_json(out_dir / "records.json", [r.to_dict() for r in out.records])
     summary = {"model": args.model, "recipe": out.recipe, "backend": backend_of(args),
+               "calib_batches": out.calib_batches,
                "metric": example.metric, "float": float_score, "quantized": out.score,
                "change_vs_float": out.score - float_score, **out.size}
     write_json(out_dir / "summary.json", summary)

@@ -8,10 +8,12 @@ HEADERS = ("layer", "type", "action", "act sat", "note")
 
 
 def layer_table(records) -> str:
+    """One row per LayerRecord: name, type, action, activation saturation, kernel note or
+    (for a layer not quantized) the reason."""
     rows = []
     for r in records:
         sat = r.metrics.get("act_sat_ratio")
         note = r.kernel_reason or ("" if r.action == "quantized" else r.reason)
         rows.append((r.name, r.module_type, r.action, None if sat is None else f"{sat:.2e}",
-                     (note or "")[:60]))
+                     note or ""))  # last column: never cut, the reason is the point
     return text_table(HEADERS, rows)

@@ -15,31 +15,72 @@ from lowbit.cli.examples import Example
 
 @dataclass
 class Outcome:
+    """What :func:`quantize_example` made: the real and fake-quant models, records, score."""
+
     recipe: str
     model: Any
     fake_quant: Any
     records: list
     score: float
     size: dict
+    calib_batches: int = 0
 
 
 def quantize_example(example: Example, recipe: Any, *, backend: str = "reference",
                      max_batches: int | None = None, label: str | None = None) -> Outcome:
-    """Prepare, calibrate (progress bar on stderr), convert and score ``example``."""
-    from lowbit.model import convert, estimate_model_size, quantize_model
+    """Prepare, calibrate (progress bar on stderr), convert and score ``example``.
 
-    total = len(example.calib_data) if max_batches is None else min(max_batches,
-                                                                    len(example.calib_data))
-    name = label or getattr(recipe, "name", str(recipe))
-    with tqdm(total=total, desc=f"calibrate {name}", unit="batch", file=sys.stderr,
-              leave=False, disable=None) as bar:
-        fake, records = quantize_model(example.model, recipe, example.calib_data,
-                                       max_batches=max_batches, backend=backend, convert=False,
-                                       progress=lambda n: bar.update(1))
+    ``recipe``: a preset name, recipe file or :class:`lowbit.recipe.Recipe`.
+    ``max_batches``: calibrate on at most this many of the example's batches (None: all);
+    0 skips calibration, which works only when no range needs data (weights are observed
+    directly; dynamic and fixed-point activations need none) and raises
+    :class:`lowbit.cli.flags.FlagError` otherwise.
+    """
+    from lowbit.model import convert, estimate_model_size, quantize_model
+    from lowbit.recipe import load_recipe
+
+    recipe = load_recipe(recipe)
+    name = label or recipe.name
+    if max_batches == 0:
+        fake, records = _without_calibration(example, recipe, backend)
+        used = 0
+    else:
+        total = len(example.calib_data) if max_batches is None else min(max_batches,
+                                                                        len(example.calib_data))
+        with tqdm(total=total, desc=f"calibrate {name}", unit="batch", file=sys.stderr,
+                  leave=False, disable=None) as bar:
+            fake, records = quantize_model(example.model, recipe, example.calib_data,
+                                           max_batches=max_batches, backend=backend,
+                                           convert=False, progress=lambda n: bar.update(1))
+        used = total
     real = convert(fake)
-    return Outcome(name, real, fake, records, example.score(real), estimate_model_size(real))
+    return Outcome(name, real, fake, records, example.score(real), estimate_model_size(real),
+                   used)
+
+
+def _without_calibration(example: Example, recipe: Any, backend: str):
+    """Prepare ``example.model`` and freeze its ranges without running any batch."""
+    from lowbit.cli.flags import FlagError
+    from lowbit.model import calibrate, lowbit_state, prepare, quant_modules
+
+    first = example.calib_data[0] if example.calib_data else None
+    fake = prepare(example.model, recipe, example_inputs=first, backend=backend)
+    needs_data = [name for name, module in quant_modules(fake)
+                  if module.act_quantizer is not None and not module.act_quantizer.ready]
+    if needs_data:
+        more = f" and {len(needs_data) - 3} more" if len(needs_data) > 3 else ""
+        raise FlagError("--quant_calib_batches", 0,
+                        f"at least 1 for recipe {recipe.name!r}, whose activation ranges at "
+                        f"{', '.join(needs_data[:3])}{more} come from calibration data",
+                        fix="pass e.g. --quant_calib_batches 8, or use a recipe whose "
+                            "activations need no data (w8a8, w8a16, int16-fixed88, "
+                            "--quant_mode fixed88)")
+    with calibrate(fake):  # no batch: weights are observed directly, then all ranges frozen
+        pass
+    return fake, lowbit_state(fake).records
 
 
 def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as indented JSON to ``path``, creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..records import LayerRecord
-from .batches import peek, run_batches
+from .batches import check_calib_data, check_max_batches, is_forward_loop, peek, run_batches
 from .convert import convert as convert_model
 from .prepare import calibrate, lowbit_state, prepare
 from .size import estimate_model_size
@@ -29,21 +29,25 @@ def quantize_model(model: nn.Module, recipe: Any, calib_data: Any, *,
     recipe: a preset name ("w8a8", "w8a8-static", "w4a16-g128", ...), a Recipe or a path.
     calib_data: an iterable of batches (tuple/list → positional args, dict → keyword
     args, else the single argument) or a callable ``forward_loop(model)``.
-    max_batches: observe at most this many batches. backend: "reference" or "native".
+    max_batches: observe at most this many batches (None or >= 1; with a forward loop, its
+    first N forwards of the model). backend: "reference" or "native".
     convert: False keeps the calibrated fake-quant model (for QAT).
     example_inputs: one batch for finding layer roles; defaults to calib_data's first
     batch.
     Returns ``(model, records)``: the quantized copy and one LayerRecord per selected layer.
     """
+    check_max_batches(max_batches)
+    check_calib_data(calib_data)
     first, calib_data = peek(calib_data)
+    if first is None and not is_forward_loop(calib_data):
+        # checked before calibrating: freezing a static quantizer that saw nothing fails
+        raise ConfigError("calib_data", "an empty iterable", "at least one batch",
+                          fix="pass representative inputs (a few batches are enough)")
     if example_inputs is None:
         example_inputs = first
     qmodel = prepare(model, recipe, example_inputs=example_inputs, backend=backend)
-    with calibrate(qmodel):
-        n = run_batches(qmodel, calib_data, max_batches, progress)
-    if n == 0:
-        raise ConfigError("calib_data", "an empty iterable", "at least one batch",
-                          fix="pass representative inputs (a few batches are enough)")
+    with calibrate(qmodel, max_batches=max_batches):  # also bounds a forward loop's batches
+        run_batches(qmodel, calib_data, max_batches, progress)
     if convert:
         qmodel = convert_model(qmodel, inplace=True)
     return qmodel, lowbit_state(qmodel).records
@@ -72,9 +76,14 @@ class PTQPipeline:
 
     def calibrate(self, loader: Any, num_batches: int | None = None) -> nn.Module:
         """Prepare the model and observe up to ``num_batches`` batches of ``loader``."""
+        check_max_batches(num_batches, "num_batches")
         first, batches = peek(self.input_fn(b) for b in loader)
+        if first is None:
+            raise ConfigError("loader", "an empty iterable", "at least one batch",
+                              fix="pass a loader that yields calibration batches")
         self.model = prepare(self.float_model, self.recipe, example_inputs=first,
                              backend=self.backend)
+        self.quantized_model = None  # a new calibration invalidates an earlier convert
         with calibrate(self.model):
             run_batches(self.model, batches, num_batches)
         return self.model

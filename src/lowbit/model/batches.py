@@ -11,6 +11,7 @@ import itertools
 from collections.abc import Iterable, Mapping
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
 from ..errors import ConfigError
@@ -31,12 +32,46 @@ def call_batch(model: nn.Module, batch: Any) -> Any:
     return model(*args, **kwargs)
 
 
+def is_forward_loop(calib_data: Any) -> bool:
+    """True when ``calib_data`` is a callable ``forward_loop(model)`` (not a module)."""
+    return callable(calib_data) and not isinstance(calib_data, nn.Module)
+
+
+def check_max_batches(value: Any, field: str = "max_batches") -> None:
+    """ConfigError unless ``value`` is None or an integer >= 1."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(field, value, "None or an integer >= 1",
+                          fix=f"pass {field}=None to use every batch, or a positive count")
+
+
+def check_calib_data(calib_data: Any) -> None:
+    """ConfigError unless ``calib_data`` is a forward loop or an iterable of batches."""
+    if is_forward_loop(calib_data):
+        return
+    if not isinstance(calib_data, Iterable):
+        raise ConfigError("calib_data", type(calib_data).__name__,
+                          "an iterable of batches or a callable forward_loop(model)",
+                          fix="pass e.g. a list of input tensors, a DataLoader, or a function")
+    _check_not_one_batch(calib_data)
+
+
+def _check_not_one_batch(calib_data: Any) -> None:
+    """A lone tensor or dict is one batch, not a list of batches: iterating it would feed
+    rows or keys to the model, so it is refused."""
+    if isinstance(calib_data, (torch.Tensor, Mapping)):
+        kind = "tensor" if isinstance(calib_data, torch.Tensor) else "dict"
+        raise ConfigError("calib_data", f"a single {kind}",
+                          "an iterable of batches or a callable forward_loop(model)",
+                          fix=f"wrap the batch in a list: [batch] (a {kind} is one batch)")
+
+
 def peek(calib_data: Any) -> tuple[Any | None, Any]:
     """``(first batch or None, data)``: the data to iterate afterwards still holds the
-    first batch. A callable forward loop or a non-iterable is returned unchanged."""
-    if callable(calib_data) and not isinstance(calib_data, nn.Module) \
-            or not isinstance(calib_data, Iterable):
+    first batch. A callable forward loop or a non-iterable is returned unchanged; a lone
+    tensor or dict (one batch, not a list of batches) raises :class:`ConfigError`."""
+    if is_forward_loop(calib_data) or not isinstance(calib_data, Iterable):
         return None, calib_data
+    _check_not_one_batch(calib_data)
     if isinstance(calib_data, (list, tuple)):
         return (calib_data[0] if len(calib_data) else None), calib_data
     iterator = iter(calib_data)
@@ -58,13 +93,10 @@ def run_batches(model: nn.Module, calib_data: Any, max_batches: int | None = Non
                                     or max_batches < 0):
         raise ConfigError("max_batches", max_batches, "None or an integer >= 0",
                           fix="pass max_batches=None to use every batch")
-    if callable(calib_data) and not isinstance(calib_data, nn.Module):
+    check_calib_data(calib_data)
+    if is_forward_loop(calib_data):
         calib_data(model)
         return -1
-    if not isinstance(calib_data, Iterable):
-        raise ConfigError("calib_data", type(calib_data).__name__,
-                          "an iterable of batches or a callable forward_loop(model)",
-                          fix="pass e.g. a list of input tensors, a DataLoader, or a function")
     count = 0
     for batch in calib_data:
         if max_batches is not None and count >= max_batches:

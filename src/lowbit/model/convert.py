@@ -15,7 +15,7 @@ import logging
 from torch import nn
 
 from ..nn.tables import QUANTIZED_MODULES
-from .prepare import _set_submodule, lowbit_state, quant_modules
+from .prepare import alias_map, lowbit_state, quant_modules, swap_module
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ def convert(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     if not inplace:
         model = copy.deepcopy(model)
         state = lowbit_state(model)
+    aliases = alias_map(model)
     for name, qat in list(quant_modules(model)):
         if qat.weight_quantizer is None:  # activation-only layer: stays fake-quant
             record = state.record(name)
@@ -38,7 +39,7 @@ def convert(model: nn.Module, *, inplace: bool = False) -> nn.Module:
                 record.reason += "; weight kept float, so the layer stays fake-quant after convert"
             continue
         real = QUANTIZED_MODULES[type(qat)].from_qat(qat)
-        _set_submodule(model, name, real)
+        swap_module(model, name, real, aliases)  # every name a shared layer has
         record = state.record(name)
         if record is not None:
             record.metrics["weight_bytes"] = real.nbytes()

@@ -71,6 +71,24 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+def alias_map(model: nn.Module) -> dict[int, list[str]]:
+    """``id(module)`` -> every name it is registered under (a shared module has several)."""
+    names: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        names.setdefault(id(module), []).append(name)
+    return names
+
+
+def swap_module(model: nn.Module, name: str, new: nn.Module,
+                aliases: dict[int, list[str]] | None = None) -> None:
+    """Replace the module at ``name`` by ``new`` under every name it is registered under,
+    so that a module shared by two parents stays one module (``aliases``: from
+    :func:`alias_map`, computed before any swap)."""
+    old = model.get_submodule(name)
+    for alias in (aliases or {}).get(id(old), [name]):
+        _set_submodule(model, alias, new)
+
+
 def prepare(model: nn.Module, recipe: Any, *, example_inputs: Any = None,
             backend: str = "reference", inplace: bool = False) -> nn.Module:
     """Swap the layers ``recipe`` selects for fake-quant modules with observers.
@@ -95,6 +113,10 @@ def prepare(model: nn.Module, recipe: Any, *, example_inputs: Any = None,
         model = copy.deepcopy(model)
     roles = _roles(model, recipe, example_inputs)
     configs, records = select_layers(model, recipe, roles)
+    if "" in configs:  # the root object cannot be swapped for its fake-quant twin
+        raise ConfigError("model", type(model).__name__, "a model that contains the layers "
+                          "to quantize", fix="wrap a single layer, e.g. nn.Sequential(layer), "
+                          "or use QuantizedLinear.from_linear(layer) for one Linear")
     attach(model, configs, recipe, backend, records, roles)
     n_q = sum(r.action == "quantized" for r in records)
     logger.info("prepared %d layer(s) with recipe %r (%s backend)", n_q, recipe.name, backend)
@@ -105,11 +127,12 @@ def attach(model: nn.Module, configs: dict[str, LayerConfig], recipe: Recipe, ba
            records: list[LayerRecord], roles: RoleMap | None) -> None:
     """Swap each named float layer for its fake-quant module and attach lowbit's state."""
     by_name = {r.name: r for r in records}
+    aliases = alias_map(model)
     for name, config in configs.items():
         float_module = model.get_submodule(name)
         qat_cls = QAT_MODULES[type(float_module)]
         qmod = qat_cls.from_float(float_module, config, backend=backend)
-        _set_submodule(model, name, qmod)
+        swap_module(model, name, qmod, aliases)
         record = by_name.get(name)
         if record is not None:
             record.backend = backend
@@ -176,14 +199,14 @@ def calibrate(model: nn.Module, max_batches: int | None = None):
                           fix="pass max_batches=None to observe every batch")
     start_calibration(model)
     seen = [0]
-    paused: list[TensorQuantizer] = []
+    paused: list[tuple[TensorQuantizer, bool]] = []  # (quantizer, was observing)
 
     def count(_module, _inputs):
         seen[0] += 1
         if max_batches is not None and seen[0] == max_batches + 1:
-            paused.extend(m for m in model.modules()
+            paused.extend((m, m.observing) for m in model.modules()
                           if isinstance(m, TensorQuantizer) and m.enabled)
-            for quantizer in paused:  # later forwards run float, observing nothing
+            for quantizer, _ in paused:  # later forwards run float, observing nothing
                 quantizer.observing, quantizer.enabled = False, False
 
     handle = model.register_forward_pre_hook(count)
@@ -192,8 +215,10 @@ def calibrate(model: nn.Module, max_batches: int | None = None):
             yield model
     finally:
         handle.remove()
-    for quantizer in paused:
-        quantizer.enabled = True
+    for quantizer, observing in paused:
+        # back to observing, so that freeze() uses this calibration's data (a quantizer
+        # frozen by an earlier calibration would otherwise keep its old qparams)
+        quantizer.enabled, quantizer.observing = True, observing
     end_calibration(model)
 
 
@@ -203,8 +228,9 @@ def to_float(model: nn.Module) -> nn.Module:
     if state.converted:
         raise StateError("a converted model holds integer weights; to_float needs the "
                          "fake-quant model (keep it, or load the 'calibrated' checkpoint)")
+    aliases = alias_map(model)
     for name, module in list(quant_modules(model)):
-        _set_submodule(model, name, module.to_float())
+        swap_module(model, name, module.to_float(), aliases)
     for attr in (STATE_ATTR, "start_calibration", "end_calibration"):
         model.__dict__.pop(attr, None)
     return model

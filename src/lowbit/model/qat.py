@@ -10,13 +10,14 @@ outputs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_int_range
 from .batches import call_batch
 
 logger = logging.getLogger(__name__)
@@ -60,8 +61,19 @@ def qat_finetune(model: nn.Module, data: Any, loss_fn: Callable | None = None, *
     if loss_fn is None and teacher is None:
         raise ConfigError("loss_fn", None, "a task loss, or teacher+distill",
                           fix="pass loss_fn=nn.CrossEntropyLoss() or distill from the float model")
-    if not 0.0 <= alpha <= 1.0:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
         raise ConfigError("alpha", alpha, "a number in [0, 1]", fix="e.g. alpha=0.5")
+    check_int_range("epochs", epochs, 1, 1_000_000, fix="e.g. epochs=1")
+    if max_steps is not None:
+        check_int_range("max_steps", max_steps, 1, 1 << 62, fix="pass None or a positive count")
+    if optimizer is None and (isinstance(lr, bool) or not isinstance(lr, (int, float))
+                              or not lr > 0):
+        raise ConfigError("lr", lr, "a number > 0", fix="e.g. lr=1e-4")
+    if epochs > 1 and isinstance(data, Iterator):
+        raise ConfigError("data", type(data).__name__,
+                          "a re-iterable collection (list, DataLoader) when epochs > 1",
+                          fix="a generator or iterator runs out after one epoch; pass "
+                              "list(batches) or a DataLoader, or epochs=1")
     optimizer = optimizer or torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
                                               lr=lr)
     if teacher is not None:

@@ -4,14 +4,33 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
 
 from ..nn.quantized import QuantizedModule
+from ..nn.quantizer import TensorQuantizer
 
 
-def _own_bytes(module: nn.Module) -> int:
-    tensors = list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
-    return sum(t.numel() * t.element_size() for t in tensors)
+def _tensor_key(t: torch.Tensor) -> tuple:
+    """One key per distinct piece of memory: tied Parameters (one object under two names) and
+    tensors sharing storage at the same offset and shape count once."""
+    try:
+        ptr = t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # e.g. tensor subclasses without storage
+        ptr = 0
+    if not ptr:  # meta or empty tensors: fall back to the object itself
+        return ("id", id(t))
+    return ("mem", ptr, t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+
+
+def _own_bytes(module: nn.Module, seen: set) -> int:
+    total = 0
+    for t in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)):
+        key = _tensor_key(t)
+        if key not in seen:
+            seen.add(key)
+            total += t.numel() * t.element_size()
+    return total
 
 
 def _float_bytes(module: QuantizedModule) -> int:
@@ -25,20 +44,29 @@ def estimate_model_size(model: nn.Module) -> dict:
 
     Returns ``{"float_bytes", "quantized_bytes", "compression_ratio"}``. A real low-bit
     module counts its stored bytes (codes, scales, zero points, bias, input qparams)
-    against the bytes its float weight and bias take in the weight's original dtype;
-    every other parameter and buffer counts the same on both sides. A fake-quant model
-    still stores float weights, so its ratio stays about 1 until ``convert``.
+    against the bytes its float weight and bias take in the weight's original dtype.
+    A fake-quant model's quantizers (qparams held beside the float weights) count as
+    stored bytes only, so ``float_bytes`` is the float model's at every stage and a
+    fake-quant model's ratio is a little below 1 until ``convert``. Every other parameter
+    and buffer counts the same on both sides. A module or tensor reachable under several
+    names (shared layers, tied weights) counts once.
     """
     float_bytes = quantized_bytes = 0
+    seen_modules: set[int] = set()
+    seen_tensors: set = set()
     stack = [model]
     while stack:
         module = stack.pop()
+        if id(module) in seen_modules:
+            continue
+        seen_modules.add(id(module))
         if isinstance(module, QuantizedModule):
             float_bytes += _float_bytes(module)
             quantized_bytes += module.nbytes()
             continue  # its children (the input quantizer) are inside nbytes()
-        own = _own_bytes(module)
-        float_bytes += own
+        own = _own_bytes(module, seen_tensors)
+        if not isinstance(module, TensorQuantizer):
+            float_bytes += own
         quantized_bytes += own
         stack.extend(module.children())
     ratio = float_bytes / quantized_bytes if quantized_bytes else float("nan")

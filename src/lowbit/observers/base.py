@@ -87,7 +87,7 @@ class Observer:
             xf = x.detach()
             if not xf.is_floating_point():
                 xf = xf.float()
-            check_finite(xf, f"input to the {self.method or type(self).__name__} observer")
+            self._check_finite(xf)
             if xf.dim() == 0:
                 xf = xf.reshape(1)
             if xf.numel() == 0:
@@ -221,6 +221,11 @@ class Observer:
         if self.n_seen == 0:
             raise StateError(f"{type(self).__name__}.{what}() called before any data was "
                              "observed; call update(x) with calibration data first")
+
+    def _check_finite(self, x: torch.Tensor) -> None:
+        """Raise :class:`InputError` on NaN/Inf: one cheap pass, the exact count on failure."""
+        if not bool(torch.isfinite(x.sum())):
+            check_finite(x, f"input to the {self.method or type(self).__name__} observer")
 
     def _fixed_bounds(self) -> tuple[float, float] | None:
         """Data-independent bounds whose violations are counted at update time:

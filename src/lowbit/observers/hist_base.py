@@ -15,8 +15,11 @@ python floats ``(lo, hi)`` in data units; the base turns it into a grid range.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from ..primitives.affine import check_finite
 from ..types import PerTensor, Scheme
 from .base import Observer
 from .histogram import Histogram
@@ -41,18 +44,22 @@ class HistogramObserver(Observer):
 
     # ------------------------------------------------------------------ streaming
 
+    def _check_finite(self, x):
+        """Checked in :meth:`_observe` instead: a NaN or Inf shows in the extremes."""
+
     def _observe(self, x, block):
         self._cached = None
+        lo, hi = (float(v) for v in torch.aminmax(x))
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            check_finite(x, f"input to the {self.method} observer")
         if self.two_sided:
-            lo, hi = torch.aminmax(x)
-            lo, hi = float(lo), float(hi)
             self.hist.add(x, max(-lo, hi))
-        else:
-            v = x.abs() if self.qtype.signed or self.scheme is not Scheme.SYMMETRIC \
-                else x.clamp(min=0)
-            hi = float(v.max())
-            lo = 0.0
-            self.hist.add(v, hi)
+        elif self.qtype.signed or self.scheme is not Scheme.SYMMETRIC:
+            hi, lo = max(-lo, hi), 0.0
+            self.hist.add(x.abs(), hi)
+        else:                                   # unsigned SYMMETRIC: the grid is [0, max]
+            hi, lo = max(hi, 0.0), 0.0
+            self.hist.add(x.clamp(min=0), hi)
         if self.n_seen == 0:
             self.min_val, self.max_val = lo, hi
         else:

@@ -16,10 +16,12 @@ import math
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 
 MIN_EXP = -100        # range of an all-zero histogram: 2**-100
-_CHUNK = 1 << 24      # float32 counts from histc are exact below 2**24 per call
+_CHUNK = 1 << 22      # values counted per call (float32 counts stay exact below 2**24)
+_MAGIC = float(1 << 23)   # x + 2**23 holds the integer x in the low mantissa bits
+_MAGIC_BITS = 0x4B000000  # the float32 bit pattern of 2**23
 
 
 def range_exponent(amax: float) -> int:
@@ -45,6 +47,7 @@ class Histogram:
         self.signed = bool(signed)
         self.exp: int | None = None            # None until the first value
         self.counts = torch.zeros(bins, dtype=torch.float64)
+        self._ones = torch.zeros(0)            # scratch for scatter_add_, not state
 
     # ------------------------------------------------------------------ geometry
 
@@ -67,6 +70,7 @@ class Histogram:
 
     @property
     def total(self) -> float:
+        """Number of values counted."""
         return float(self.counts.sum())
 
     # ------------------------------------------------------------------ streaming
@@ -83,13 +87,21 @@ class Histogram:
             self.counts += self._count(flat[start:start + _CHUNK]).double()
 
     def _count(self, x: torch.Tensor) -> torch.Tensor:
+        """Counts of one chunk: bin ``floor(x / w)`` (exact: ``w`` is a power of two).
+
+        The integer is read from the float's bits after adding ``2**23`` (vectorised,
+        unlike a float->int cast), then counted with ``scatter_add_``; a value equal
+        to the top edge goes into the last bin, as in ``torch.histc``."""
         n = self.bins
-        if not self.signed:
-            # histc's (x - 0) * n / R is exact: n and R are powers of two
-            return torch.histc(x.float(), bins=n, min=0.0, max=2.0 ** self.exp)
-        # two-sided: floor(x / w) is exact; histc of those integers is then exact too
-        k = torch.floor(x.float() * (1.0 / self.width))
-        return torch.histc(k, bins=n, min=-n // 2, max=n // 2)
+        k = torch.floor_divide(x.float(), self.width)    # exact; in [-n/2, n/2] or [0, n]
+        k.add_(_MAGIC + self.center)                    # exact integers in [2**23, 2**24)
+        idx = k.view(torch.int32).sub_(_MAGIC_BITS).long()
+        if self._ones.numel() < idx.numel() or self._ones.device != idx.device:
+            self._ones = torch.ones(idx.numel(), device=idx.device)
+        counts = torch.zeros(n + 1, device=idx.device)
+        counts = counts.scatter_add_(0, idx, self._ones[:idx.numel()]).cpu()
+        counts[n - 1] += counts[n]                      # the top edge belongs to the last bin
+        return counts[:n]
 
     def grow(self, exp: int) -> None:
         """Double the range until it is ``2**exp``, merging bins (counts preserved exactly)."""
@@ -138,14 +150,15 @@ class Histogram:
     # ------------------------------------------------------------------ state
 
     def state(self, prefix: str) -> dict[str, torch.Tensor]:
+        """Counts and range exponent as tensors under ``prefix`` (``exp < MIN_EXP``: empty)."""
         exp = MIN_EXP - 1 if self.exp is None else self.exp
         return {f"{prefix}counts": self.counts.clone(),
                 f"{prefix}exp": torch.tensor(exp, dtype=torch.int64)}
 
     def load(self, state: dict[str, torch.Tensor], prefix: str) -> None:
+        """Restore what :meth:`state` returned."""
         counts = state[f"{prefix}counts"].double()
         if counts.shape != (self.bins,):
-            from ..errors import CheckpointError
             raise CheckpointError(f"histogram state has {tuple(counts.shape)} bins but the "
                                   f"observer uses {self.bins}; build it with the same bins")
         exp = int(state[f"{prefix}exp"])

@@ -28,6 +28,15 @@ def grid_range(min_val: torch.Tensor, max_val: torch.Tensor, signed: bool,
     return min_val.clamp(max=0), max_val.clamp(min=0)
 
 
+def block_minmax(x: torch.Tensor, block: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat per-block ``(min, max)`` of ``x`` (one fused pass when there is one block)."""
+    if tuple(block) == tuple(x.shape):
+        lo, hi = torch.aminmax(x)
+        return lo.reshape(1).float(), hi.reshape(1).float()
+    return (block_reduce(x, block, "amin").reshape(-1).float(),
+            block_reduce(x, block, "amax").reshape(-1).float())
+
+
 @register_observer("minmax")
 class MinMaxObserver(Observer):
     """Running per-block minimum and maximum; every granularity."""
@@ -38,8 +47,7 @@ class MinMaxObserver(Observer):
         self.max_val = torch.zeros(0)
 
     def _observe(self, x, block):
-        lo = block_reduce(x, block, "amin").reshape(-1).float()
-        hi = block_reduce(x, block, "amax").reshape(-1).float()
+        lo, hi = block_minmax(x, block)
         if self.n_seen == 0:
             self.min_val, self.max_val = lo, hi
         else:

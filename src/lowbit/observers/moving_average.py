@@ -20,9 +20,10 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
-from ..primitives.affine import block_reduce, expand_param
+from ..primitives.affine import expand_param
+from ..types import Scheme
 from .base import Observer
-from .minmax import grid_range
+from .minmax import block_minmax, grid_range
 from .registry import register_observer
 
 DEFAULT_AVERAGING_CONSTANT = 0.01
@@ -45,20 +46,26 @@ class MovingAverageObserver(Observer):
         self.max_val = torch.zeros(0)
 
     def _observe(self, x, block):
-        lo = block_reduce(x, block, "amin").reshape(-1).double()
-        hi = block_reduce(x, block, "amax").reshape(-1).double()
+        lo, hi = block_minmax(x, block)
+        lo, hi = lo.double(), hi.double()
         if self.n_batches == 0:
             self.min_val, self.max_val = lo, hi
         else:
             self.min_val = self.min_val + self.c * (lo - self.min_val)
             self.max_val = self.max_val + self.c * (hi - self.max_val)
         self.n_batches += 1
+        if self.scheme is Scheme.FIXED_POINT:
+            return                                  # sat_ratio comes from the fixed grid
         glo, ghi = grid_range(self.min_val.float(), self.max_val.float(), self.qtype.signed,
                               self.scheme)
+        check_low = self._fixed_bounds() is None    # negatives on [0, hi] are counted by the base
+        if not bool((hi.float() > ghi).any()) and not (check_low and bool((lo.float() < glo).any())):
+            return                                  # the batch lies inside the running range
         stat_shape = tuple(n // b for n, b in zip(x.shape, block))
-        glo = expand_param(glo.reshape(stat_shape), tuple(x.shape), block)
-        ghi = expand_param(ghi.reshape(stat_shape), tuple(x.shape), block)
-        self.n_out += int(((x < glo) | (x > ghi)).sum())
+        outside = x > expand_param(ghi.reshape(stat_shape), tuple(x.shape), block)
+        if check_low:
+            outside |= x < expand_param(glo.reshape(stat_shape), tuple(x.shape), block)
+        self.n_out += int(outside.sum())
 
     def _merge_from(self, other):
         wa, wb = self.n_batches, other.n_batches

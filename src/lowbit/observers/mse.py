@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import torch
 
-from ..primitives.affine import block_reduce
 from ..types import PerTensor
 from .base import ALL_GRANULARITIES
 from .hist_base import DEFAULT_BINS, HistogramObserver
-from .minmax import grid_range
+from .minmax import block_minmax, grid_range
 from .registry import register_observer
 from .search import MSE_CANDIDATES, blocked_sq_errors, clip_ratios
 
@@ -72,8 +71,7 @@ class MSEObserver(HistogramObserver):
         if not self.blocked:
             return super()._observe(x, block)
         self._cached = None
-        lo = block_reduce(x, block, "amin").reshape(-1).float()
-        hi = block_reduce(x, block, "amax").reshape(-1).float()
+        lo, hi = block_minmax(x, block)
         glo, ghi = grid_range(lo, hi, self.qtype.signed, self.scheme)
         sse, n_out = blocked_sq_errors(_as_blocks(x.float(), block), glo, ghi, self.qtype,
                                        self.scheme)

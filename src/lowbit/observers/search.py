@@ -132,8 +132,8 @@ def kl_threshold(hist: Histogram, levels: int, start: int = KL_START_BINS) -> tu
         KL_i = (sum_b P_b log P_b - sum_j G_j log(G'_j / nz_j)) / N + log(M / N)
 
     where ``G_j`` is group ``j``'s mass in P, ``G'_j`` in Q and ``nz_j`` its number of
-    bins with ``P > 0``; a group whose only mass is outliers gets ``G'_j = 1e-4``
-    (smoothing, a finite but large penalty).  Bin 0 (the ReLU zero spike) is
+    bins with ``P > 0``; a group whose only mass is outliers gets ``G'_j = 1e-4`` of a
+    count (smoothing: Q must be positive wherever P is, and the penalty stays finite).  Bin 0 (the ReLU zero spike) is
     removed from both P and Q so that it cannot dominate.
 
     Returns ``(i*, KL)`` with KL over candidates ``max(start, levels)..m``, ``m`` the
@@ -164,9 +164,9 @@ def kl_threshold(hist: Histogram, levels: int, start: int = KL_START_BINS) -> tu
     g_p[:, -1] += tail                                                         # G_j
     nz = nzc[ends] - nzc[starts]
     nz[:, -1] += ((h[i - 1] == 0) & (last > 0)).double()                       # outlier-only bin
-    b_term = torch.where(g_p > 0, g_p * torch.log(g_q.clamp(min=1e-4) / nz.clamp(min=1.0)),
-                         0.0).sum(dim=1)
-    kl = (a_term - b_term) / total + torch.log((total - tail) / total)
+    g_q = torch.where((g_q <= 0) & (g_p > 0), torch.full_like(g_q, 1e-4), g_q)  # smoothing
+    b_term = torch.where(g_p > 0, g_p * torch.log(g_q / nz.clamp(min=1.0)), 0.0).sum(dim=1)
+    kl = (a_term - b_term) / total + torch.log(g_q.sum(dim=1) / total)
     best = int(torch.argmin(kl))
     return int(i[best]), kl
 

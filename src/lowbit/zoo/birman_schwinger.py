@@ -67,8 +67,9 @@ class BirmanSchwingerCore(nn.Module):
         check_int_range("seed", seed, 0, _MAX_SEED)
         self.n_seq = n_seq
         self.epsilon = float(epsilon)
-        self.proj = nn.Linear(n_seq, n_seq)
-        self.out = nn.Linear(n_seq, n_seq, bias=False)
+        with torch.random.fork_rng(devices=[]):  # nn.Linear's own init draws from it
+            self.proj = nn.Linear(n_seq, n_seq)
+            self.out = nn.Linear(n_seq, n_seq, bias=False)
         self.register_buffer("kernel", free_resolvent_kernel(n_seq, self.epsilon),
                              persistent=False)
         self._init_weights(seed)

@@ -1,0 +1,124 @@
+"""``lowbit eval``: evaluate a checkpoint, re-calibrate it at eval time, re-quantize it."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # for fixtures_models and its SPECs
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fixtures_models import (assert_one_line_error, cli_env, read_json,  # noqa: E402,F401
+                             run_cli)
+
+import lowbit  # noqa: E402
+from lowbit.cli.examples import load_example  # noqa: E402
+
+DIGITS_LAYERS = ("proj", "blocks.0.conv", "blocks.0.pw", "blocks.1.conv", "blocks.1.pw", "head")
+
+
+@pytest.fixture(scope="module")
+def quantized(cli_env, tmp_path_factory):
+    """``lowbit quantize`` of the digits CNN with w8a8-static on 2 batches: its output folder."""
+    out = tmp_path_factory.mktemp("quantize")
+    from lowbit.cli.main import main
+
+    assert main(["quantize", "--model", "digits", "--recipe", "w8a8-static",
+                 "--quant_calib_batches", "2", "--out_dir", str(out)]) == 0
+    return out
+
+
+def evaluate(capsys, ckpt, out_dir, *flags):
+    """Run ``lowbit eval`` on digits; assert success; return metrics.json and stdout."""
+    code, out, err = run_cli(capsys, "eval", "--ckpt", ckpt, "--model", "digits",
+                             "--out_dir", out_dir, *flags)
+    assert code == 0, f"eval failed: {err}"
+    return read_json(out_dir / "metrics.json"), out
+
+
+def weights(directory: Path) -> dict:
+    manifest = read_json(directory / "manifest.json")
+    return load_file(str(directory / manifest["weights_file"]))
+
+
+def test_eval_of_the_quantized_and_calibrated_checkpoints(quantized, tmp_path, capsys):
+    summary = read_json(quantized / "summary.json")
+    for stage in ("quantized", "calibrated"):
+        metrics, out = evaluate(capsys, quantized / stage, tmp_path / stage)
+        assert metrics["score"] == summary["quantized"], \
+            f"{stage}/ evaluates to the score quantize reported (same integer model)"
+        assert metrics["eval_time_calibration_batches"] == 0
+        assert metrics["quantized_bytes"] == summary["quantized_bytes"]
+        assert not (tmp_path / stage / "checkpoint").exists(), "nothing re-calibrated: no ckpt"
+        assert "head" in out and f"{metrics['score']:.4f}" in out
+
+
+def test_eval_time_calibration_writes_a_loadable_recalibrated_checkpoint(quantized, tmp_path,
+                                                                         capsys):
+    out_dir = tmp_path / "recal"
+    metrics, _ = evaluate(capsys, quantized / "calibrated", out_dir,
+                          "--quant_calib_batches", "2", "--calib_method", "mse")
+    assert metrics["eval_time_calibration_batches"] == 2
+    ckpt = out_dir / "checkpoint"
+    example = load_example("digits")
+    model = lowbit.load(ckpt, copy.deepcopy(example.model))
+    assert lowbit.lowbit_state(model).calibrated
+    assert example.score(lowbit.convert(model)) == metrics["score"], \
+        "the new checkpoint reloads to exactly the evaluated model"
+
+    manifest = read_json(ckpt / "manifest.json")
+    for name in DIGITS_LAYERS:
+        config = manifest["layers"][name]["config"]
+        assert config["act"]["method"] == "mse", "the checkpoint says how its ranges were found"
+        assert config["weight"]["method"] == "minmax", "weights keep their method"
+    old, new = weights(quantized / "calibrated"), weights(ckpt)
+    act_scales = [f"{name}.act_quantizer.scale" for name in DIGITS_LAYERS]
+    assert any(not old[k].equal(new[k]) for k in act_scales), \
+        "MSE on other batches moves at least one activation range"
+    for name in DIGITS_LAYERS:
+        key = f"{name}.weight_quantizer.scale"
+        assert old[key].equal(new[key]), "weight ranges come from the same weights"
+
+
+def test_role_flags_on_eval_requantize_the_checkpoint(quantized, tmp_path, capsys):
+    out_dir = tmp_path / "requant"
+    metrics, out = evaluate(capsys, quantized / "calibrated", out_dir,
+                            "--q_head", "--quant_bits", "6", "--quant_calib_batches", "1")
+    assert metrics["eval_time_calibration_batches"] == 1
+    manifest = read_json(out_dir / "checkpoint" / "manifest.json")
+    assert set(manifest["layers"]) == {"head"}, "only the head is quantized now"
+    assert manifest["layers"]["head"]["config"]["weight"]["qtype"] == "int6"
+    records = {r["name"]: r["action"] for r in manifest["records"]}
+    assert records == {**dict.fromkeys(DIGITS_LAYERS, "float"), "head": "quantized"}
+    assert "float" in out, "the layer table shows the layers kept float"
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--quant_calib_batches", "2"], "eval-time calibration"),
+    (["--q_head"], "re-quantizing with role flags"),
+])
+def test_a_converted_checkpoint_cannot_be_recalibrated(flags, needle, quantized, tmp_path,
+                                                       capsys):
+    code, _, err = run_cli(capsys, "eval", "--ckpt", quantized / "quantized", "--model", "digits",
+                           "--out_dir", tmp_path, *flags)
+    assert_one_line_error(code, err, "--ckpt=", needle, "calibrated")
+    assert not any(tmp_path.iterdir()), "nothing is written"
+
+
+def test_calib_method_on_a_checkpoint_without_calibrated_activations(cli_env, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "quantize", "--model", "digits", "--recipe", "w8a16",
+                           "--quant_calib_batches", "1", "--out_dir", tmp_path / "q")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "eval", "--ckpt", tmp_path / "q" / "calibrated", "--model",
+                           "digits", "--out_dir", tmp_path / "e", "--quant_calib_batches", "1",
+                           "--calib_method", "kl")
+    assert_one_line_error(code, err, "--calib_method='kl'", "calibrated activation")
+
+
+def test_a_checkpoint_of_another_model_exits_2(quantized, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "eval", "--ckpt", quantized / "quantized", "--model",
+                           "fixtures_models:tiny_mlp", "--out_dir", tmp_path)
+    assert_one_line_error(code, err, "manifest.json", "saved as a QuantizedConv2d")

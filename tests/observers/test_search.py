@@ -1,0 +1,145 @@
+"""Histogram searches: percentile, the error model, the vectorised KL search."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lowbit.observers.histogram import Histogram
+from lowbit.observers.search import (KL_START_BINS, blocked_sq_errors, clip_ratios,
+                                     expected_sq_error, grid_bounds, kl_levels, kl_threshold,
+                                     outside_count, percentile)
+from lowbit.primitives.affine import fake_quantize, qparams_from_range
+from lowbit.types import QType, Scheme, int4, int8, uint8
+
+
+def _hist(x: torch.Tensor, bins: int = 2048, signed: bool = False) -> Histogram:
+    h = Histogram(bins, signed)
+    h.add(x, float(x.abs().max()))
+    return h
+
+
+def test_clip_ratios_end_at_exactly_one():
+    r = clip_ratios()
+    assert r.numel() == 100 and float(r[-1]) == 1.0 and float(r[0]) == 0.01
+
+
+@pytest.mark.parametrize("p", [50.0, 90.0, 99.0, 99.99])
+def test_percentile_is_within_a_bin_of_the_exact_quantile(p):
+    torch.manual_seed(0)
+    x = torch.randn(100_000).abs()
+    h = _hist(x)
+    exact = float(torch.quantile(x.double(), p / 100.0))
+    assert abs(percentile(h, p) - exact) <= h.width, "interpolation error is below one bin"
+
+
+def test_percentile_interpolates_linearly_inside_a_bin():
+    h = Histogram(16)
+    h.exp = 4                                     # [0, 16], width 1
+    h.counts[3] = 10.0                            # ten values spread over [3, 4)
+    assert percentile(h, 50.0) == pytest.approx(3.5)
+    assert percentile(h, 100.0) == pytest.approx(4.0)
+
+
+def test_grid_bounds():
+    s, low, high = grid_bounds(torch.tensor([-1.0]), torch.tensor([1.0]), int8, Scheme.SYMMETRIC)
+    assert float(high) == pytest.approx(1.0) and float(low) == pytest.approx(-128 / 127)
+    s, low, high = grid_bounds(torch.tensor([-1.0]), torch.tensor([3.0]), uint8, Scheme.AFFINE)
+    assert float(low) == pytest.approx(-1.0, abs=float(s)) and float(high) == pytest.approx(3.0, abs=float(s))
+
+
+@pytest.mark.parametrize("qtype,ratio", [(int8, 1.0), (int8, 0.3), (int4, 0.5), (int4, 1.0)])
+def test_error_model_matches_real_quantization(qtype, ratio):
+    """Uniform-in-bin error model vs quantizing the samples; 3% tolerance because the
+    density is not exactly uniform inside each bin and the samples are finite."""
+    torch.manual_seed(1)
+    x = torch.randn(400_000)
+    h = _hist(x, signed=True)
+    amax = float(x.abs().max()) * ratio
+    lo, hi = torch.tensor([-amax], dtype=torch.float64), torch.tensor([amax], dtype=torch.float64)
+    est = float(expected_sq_error(h, *grid_bounds(lo, hi, qtype, Scheme.SYMMETRIC)))
+    qp = qparams_from_range(lo.float(), hi.float(), qtype, Scheme.SYMMETRIC, (x.numel(),))
+    real = float(((fake_quantize(x, qp) - x).double() ** 2).sum())
+    assert est == pytest.approx(real, rel=0.03)
+
+
+def test_outside_count():
+    h = Histogram(16)
+    h.exp = 4
+    h.counts[:] = 1.0
+    assert outside_count(h, -math.inf, 10.0) == pytest.approx(6.0)
+    assert outside_count(h, 2.5, 10.5) == pytest.approx(2.5 + 5.5)
+
+
+def test_blocked_errors_match_fake_quantize():
+    torch.manual_seed(2)
+    x = torch.randn(3, 50)
+    lo, hi = -x.abs().amax(1), x.abs().amax(1)
+    sse, n_out = blocked_sq_errors(x, lo, hi, int8, Scheme.SYMMETRIC, n=10)
+    for j, r in enumerate(clip_ratios(10).tolist()):
+        qp = qparams_from_range((lo * r)[:, None], (hi * r)[:, None], int8, Scheme.SYMMETRIC, (1, 50))
+        ref = ((fake_quantize(x, qp) - x).double() ** 2).sum(1)
+        assert torch.allclose(sse[:, j], ref, rtol=1e-6, atol=1e-12)
+        outside = (x.abs() > (hi * r)[:, None] + qp.scale / 2).sum(1).double()
+        assert torch.equal(n_out[:, j], outside) or r < 1.0
+
+
+def _naive_kl(h: torch.Tensor, levels: int, start: int) -> tuple[int, list[float]]:
+    """Plain loop over thresholds, written from the docstring's description."""
+    h = h.clone()
+    h[0] = 0.0
+    m = int(torch.nonzero(h).reshape(-1)[-1]) + 1
+    kls = []
+    for i in range(max(start, levels), m + 1):
+        p = h[:i].clone()
+        p[i - 1] += h[i:m].sum()
+        sliced = h[:i]
+        q = torch.zeros(i, dtype=torch.float64)
+        mb = i // levels
+        for j in range(levels):
+            a, b = j * mb, (i if j == levels - 1 else (j + 1) * mb)
+            support = p[a:b] > 0
+            mass = float(sliced[a:b].sum())
+            if support.any():
+                mass = mass if mass > 0 else 1e-4
+                q[a:b][support] = mass / float(support.sum())
+        pn, qn = p / p.sum(), q / q.sum()
+        keep = pn > 0
+        kls.append(float((pn[keep] * torch.log(pn[keep] / qn[keep])).sum()))
+    best = min(range(len(kls)), key=kls.__getitem__)
+    return best + max(start, levels), kls
+
+
+@pytest.mark.parametrize("levels", [16, 128])
+def test_vectorised_kl_equals_a_plain_loop(levels):
+    torch.manual_seed(3)
+    x = torch.randn(30_000).abs()
+    h = _hist(x, bins=512)
+    i_fast, kl_fast = kl_threshold(h, levels, start=32)
+    i_slow, kl_slow = _naive_kl(h.counts, levels, 32)
+    assert torch.allclose(kl_fast, torch.tensor(kl_slow, dtype=torch.float64), rtol=1e-8, atol=1e-10)
+    assert i_fast == i_slow
+
+
+def test_kl_ignores_the_zero_spike():
+    """Bin 0 (ReLU zeros) is left out of P and Q: its size cannot move the threshold."""
+    torch.manual_seed(4)
+    pos = torch.randn(50_000).abs()
+    h1 = _hist(torch.cat([pos, torch.zeros(10)]))
+    h2 = _hist(torch.cat([pos, torch.zeros(500_000)]))
+    i1, kl1 = kl_threshold(h1, 256)
+    i2, kl2 = kl_threshold(h2, 256)
+    assert i1 == i2 and torch.allclose(kl1, kl2, rtol=1e-9, atol=1e-12)
+
+
+def test_kl_with_nothing_to_search_keeps_everything():
+    h = _hist(torch.rand(1000) * 0.7, bins=256)     # data fills < 256 bins = uint8 levels
+    i, kl = kl_threshold(h, kl_levels(uint8), start=KL_START_BINS)
+    assert kl.numel() == 0 and i == int(torch.nonzero(h.counts).reshape(-1)[-1]) + 1
+
+
+def test_kl_levels():
+    assert kl_levels(int8) == 128 and kl_levels(uint8) == 256 and kl_levels(int4) == 8
+    assert kl_levels(QType(16, False)) == 65536
