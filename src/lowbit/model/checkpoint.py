@@ -29,7 +29,6 @@ checkpoint loadable.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -38,29 +37,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from .._version import __version__
 from ..config import LayerConfig
 from ..errors import CheckpointError, ConfigError, StateError
 from ..nn.quantized import QuantizedModule
-from ..nn.quantizer import BACKENDS, TensorQuantizer
+from ..nn.quantizer import TensorQuantizer
 from ..nn.tables import QAT_MODULES, QUANTIZED_MODULES
 from ..observers import make_observer
 from ..recipe import Recipe
 from ..records import LayerRecord
-from .migrations import FORMAT, FORMAT_VERSION, migrate
+from .checkpoint_files import (MANIFEST, fsync_dir, sha256_file, write_text_durable,
+                               read_checkpoint)
+from .migrations import FORMAT, FORMAT_VERSION
 from .prepare import STATE_ATTR, _set_submodule, attach, lowbit_state, quant_modules
 from .select import RoleMap
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 OBSERVER_PREFIX = "__observer__/"
-STAGES = ("prepared", "calibrated", "converted")
-KINDS = ("qat", "quantized")
 _QUANTIZER_BUFFERS = ("scale", "zero_point", "block_size")  # shapes adopted on load
 _SHOW = 5  # keys named in a mismatch message
 
@@ -123,35 +120,6 @@ def _roles_dict(roles: RoleMap | None) -> dict | None:
             "never_executed": roles.never_executed, "info": roles.info}
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (best effort: not every OS can open a dir)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _write_text(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def save(model: nn.Module, path: str | os.PathLike) -> Path:
     """Save a prepared, calibrated or converted ``model`` into the directory ``path``.
 
@@ -182,7 +150,7 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
         save_file(tensors, str(tmp_weights), metadata={"format": FORMAT})
         with open(tmp_weights, "rb+") as f:
             os.fsync(f.fileno())
-        sha = _sha256(tmp_weights)
+        sha = sha256_file(tmp_weights)
         weights = f"weights-{sha[:16]}.safetensors"
         manifest.update(weights_file=weights, weights_sha256=sha,
                         weights_bytes=tmp_weights.stat().st_size)
@@ -193,10 +161,10 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
                                   f"JSON ({exc}). Fix: keep LayerRecord.metrics to numbers, "
                                   "strings, lists and dicts") from None
         os.replace(tmp_weights, directory / weights)
-        _fsync_dir(directory)
-        _write_text(tmp_manifest, text + "\n")
+        fsync_dir(directory)
+        write_text_durable(tmp_manifest, text + "\n")
         os.replace(tmp_manifest, directory / MANIFEST)  # the commit point
-        _fsync_dir(directory)
+        fsync_dir(directory)
     finally:
         for tmp in (tmp_weights, tmp_manifest):
             tmp.unlink(missing_ok=True)
@@ -206,104 +174,6 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
     logger.info("saved %s (%s stage, %d layer(s)) to %s", type(model).__name__,
                 manifest["stage"], len(manifest["layers"]), directory)
     return directory
-
-# ---------------------------------------------------------------------------- read
-
-
-def _read_manifest(directory: Path) -> dict:
-    if not directory.is_dir():
-        raise CheckpointError(f"{directory}: no such checkpoint directory. Fix: pass the "
-                              "directory lowbit.save wrote (it holds manifest.json)")
-    file = directory / MANIFEST
-    if not file.is_file():
-        raise CheckpointError(f"{file}: missing; the directory is not a lowbit checkpoint or "
-                              "its save never completed. Fix: pass a directory lowbit.save wrote")
-    try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{file}: not valid JSON ({exc}). Fix: restore the manifest from "
-                              "a backup or save the model again") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise CheckpointError(f"{file}: format={found!r}, expected {FORMAT!r}; this is not a "
-                              "lowbit checkpoint manifest. Fix: pass a directory lowbit.save wrote")
-    version = manifest.get("format_version")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
-        raise CheckpointError(f"{file}: format_version={version!r} is invalid: allowed an "
-                              f"integer in [0, {FORMAT_VERSION}]. Fix: restore the manifest")
-    if version > FORMAT_VERSION:
-        raise CheckpointError(f"{file}: format_version={version} is newer than this lowbit "
-                              f"supports ({FORMAT_VERSION}); it was written by lowbit "
-                              f"{manifest.get('lowbit_version')}. Fix: upgrade lowbit")
-    return manifest
-
-
-def _read_weights(directory: Path, manifest: dict) -> dict[str, torch.Tensor]:
-    """Check the weights file against the manifest (size, sha256), then read it safely."""
-    name = manifest.get("weights_file")
-    if not isinstance(name, str) or not name or Path(name).name != name:
-        raise CheckpointError(f"{directory / MANIFEST}: weights_file={name!r} is invalid: "
-                              "allowed a file name inside the checkpoint directory. "
-                              "Fix: restore the manifest")
-    file = directory / name
-    if not file.is_file():
-        raise CheckpointError(f"{file}: weights file missing (named by {MANIFEST}). Fix: copy "
-                              "the whole checkpoint directory, or save the model again")
-    if manifest["format_version"] >= 1 or "weights_sha256" in manifest:
-        size, expected = file.stat().st_size, manifest.get("weights_bytes")
-        if size != expected:
-            raise CheckpointError(f"{file}: {size} bytes but the manifest says {expected}; "
-                                  "the file is truncated or corrupt. Fix: copy it again from "
-                                  "the source, or save the model again")
-        sha = _sha256(file)
-        if sha != manifest.get("weights_sha256"):
-            raise CheckpointError(f"{file}: sha256 {sha[:16]}... does not match the manifest's "
-                                  f"{str(manifest.get('weights_sha256'))[:16]}...; the file is "
-                                  "corrupt. Fix: copy it again from the source, or save again")
-    try:
-        return load_file(str(file))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{file}: not a readable safetensors file ({exc}). Fix: copy it "
-                              "again from the source, or save the model again") from None
-
-
-def _validate(manifest: dict, file: Path) -> None:
-    """Check the v1 fields' types (after migration)."""
-    def bad(field: str, allowed: str) -> CheckpointError:
-        return CheckpointError(f"{file}: {field}={manifest.get(field)!r} is invalid: allowed "
-                               f"{allowed}. Fix: restore the manifest or save the model again")
-
-    if manifest.get("stage") not in STAGES:
-        raise bad("stage", f"one of {STAGES}")
-    if manifest.get("backend") not in BACKENDS:
-        raise bad("backend", f"one of {BACKENDS}")
-    for field, kind in (("layers", dict), ("records", list), ("recipe", dict)):
-        if not isinstance(manifest.get(field), kind):
-            raise bad(field, f"a {kind.__name__}")
-    for name, entry in manifest["layers"].items():
-        if not isinstance(entry, dict) or entry.get("kind") not in KINDS \
-                or not isinstance(entry.get("config"), dict):
-            raise CheckpointError(f"{file}: layers[{name!r}]={entry!r} is invalid: allowed "
-                                  f"{{'module_type', 'kind': one of {KINDS}, 'config': {{...}}}}. "
-                                  "Fix: restore the manifest or save the model again")
-
-
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
-    """The migrated (current-version) manifest and tensors of the checkpoint at ``path``.
-
-    Validates the manifest, checks the weights file's size and sha256 and runs
-    :func:`lowbit.model.migrations.migrate`; raises :class:`CheckpointError` naming the file.
-    """
-    directory = Path(path)
-    manifest = _read_manifest(directory)
-    tensors = _read_weights(directory, manifest)
-    file = directory / MANIFEST
-    try:
-        manifest, tensors = migrate(manifest, tensors)
-    except CheckpointError as exc:
-        raise CheckpointError(f"{file}: {exc}") from None
-    _validate(manifest, file)
-    return manifest, tensors
 
 # ---------------------------------------------------------------------------- rebuild
 
