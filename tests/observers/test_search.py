@@ -9,7 +9,7 @@ import torch
 
 from lowbit.observers.histogram import Histogram
 from lowbit.observers.search import (KL_START_BINS, blocked_sq_errors, clip_ratios,
-                                     expected_sq_error, grid_bounds, kl_levels, kl_threshold,
+                                     expected_sq_error, grid_bounds, kl_levels,
                                      outside_count, percentile)
 from lowbit.primitives.affine import fake_quantize, qparams_from_range
 from lowbit.types import QType, Scheme, int4, int8, uint8
@@ -84,60 +84,6 @@ def test_blocked_errors_match_fake_quantize():
         assert torch.allclose(sse[:, j], ref, rtol=1e-6, atol=1e-12)
         outside = (x.abs() > (hi * r)[:, None] + qp.scale / 2).sum(1).double()
         assert torch.equal(n_out[:, j], outside) or r < 1.0
-
-
-def _naive_kl(h: torch.Tensor, levels: int, start: int) -> tuple[int, list[float]]:
-    """Plain loop over thresholds, written from the docstring's description."""
-    h = h.clone()
-    h[0] = 0.0
-    m = int(torch.nonzero(h).reshape(-1)[-1]) + 1
-    kls = []
-    for i in range(max(start, levels), m + 1):
-        p = h[:i].clone()
-        p[i - 1] += h[i:m].sum()
-        sliced = h[:i]
-        q = torch.zeros(i, dtype=torch.float64)
-        mb = i // levels
-        for j in range(levels):
-            a, b = j * mb, (i if j == levels - 1 else (j + 1) * mb)
-            support = p[a:b] > 0
-            mass = float(sliced[a:b].sum())
-            if support.any():
-                mass = mass if mass > 0 else 1e-4
-                q[a:b][support] = mass / float(support.sum())
-        pn, qn = p / p.sum(), q / q.sum()
-        keep = pn > 0
-        kls.append(float((pn[keep] * torch.log(pn[keep] / qn[keep])).sum()))
-    best = min(range(len(kls)), key=kls.__getitem__)
-    return best + max(start, levels), kls
-
-
-@pytest.mark.parametrize("levels", [16, 128])
-def test_vectorised_kl_equals_a_plain_loop(levels):
-    torch.manual_seed(3)
-    x = torch.randn(30_000).abs()
-    h = _hist(x, bins=512)
-    i_fast, kl_fast = kl_threshold(h, levels, start=32)
-    i_slow, kl_slow = _naive_kl(h.counts, levels, 32)
-    assert torch.allclose(kl_fast, torch.tensor(kl_slow, dtype=torch.float64), rtol=1e-8, atol=1e-10)
-    assert i_fast == i_slow
-
-
-def test_kl_ignores_the_zero_spike():
-    """Bin 0 (ReLU zeros) is left out of P and Q: its size cannot move the threshold."""
-    torch.manual_seed(4)
-    pos = torch.randn(50_000).abs()
-    h1 = _hist(torch.cat([pos, torch.zeros(10)]))
-    h2 = _hist(torch.cat([pos, torch.zeros(500_000)]))
-    i1, kl1 = kl_threshold(h1, 256)
-    i2, kl2 = kl_threshold(h2, 256)
-    assert i1 == i2 and torch.allclose(kl1, kl2, rtol=1e-9, atol=1e-12)
-
-
-def test_kl_with_nothing_to_search_keeps_everything():
-    h = _hist(torch.rand(1000) * 0.7, bins=256)     # data fills < 256 bins = uint8 levels
-    i, kl = kl_threshold(h, kl_levels(uint8), start=KL_START_BINS)
-    assert kl.numel() == 0 and i == int(torch.nonzero(h.counts).reshape(-1)[-1]) + 1
 
 
 def test_kl_levels():

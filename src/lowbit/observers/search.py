@@ -118,60 +118,6 @@ def blocked_sq_errors(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, qtype
 # ---------------------------------------------------------------------- entropy
 
 
-def kl_threshold(hist: Histogram, levels: int, start: int = KL_START_BINS) -> tuple[int, torch.Tensor]:
-    """TensorRT-style entropy calibration on a histogram of ``|x|`` (``signed=False``).
-
-    For each candidate threshold ``i`` (bins kept), the reference ``P`` is the first
-    ``i`` bins with the outliers beyond folded into bin ``i-1``.  The candidate ``Q``
-    quantizes the clipped bins (without the outliers, as TensorRT does: folding them
-    in would make ``Q == P`` whenever a level is one bin wide) into ``levels`` groups
-    of ``i // levels`` bins (the last group takes the rest) and spreads each group's
-    mass over the bins where ``P`` is non-zero.  With ``N = sum P`` and ``M = sum Q``,
-    every candidate is evaluated at once from prefix sums::
-
-        KL_i = (sum_b P_b log P_b - sum_j G_j log(G'_j / nz_j)) / N + log(M / N)
-
-    where ``G_j`` is group ``j``'s mass in P, ``G'_j`` in Q and ``nz_j`` its number of
-    bins with ``P > 0``; a group whose only mass is outliers gets ``G'_j = 1e-4`` of a
-    count (smoothing: Q must be positive wherever P is, and the penalty stays finite).  Bin 0 (the ReLU zero spike) is
-    removed from both P and Q so that it cannot dominate.
-
-    Returns ``(i*, KL)`` with KL over candidates ``max(start, levels)..m``, ``m`` the
-    last non-empty bin + 1; ``i* = m`` (no clipping) when there is nothing to search.
-    """
-    nonzero = torch.nonzero(hist.counts).reshape(-1)
-    m = int(nonzero[-1]) + 1 if nonzero.numel() else 1
-    first = max(start, levels)
-    h = hist.counts[:m].clone()
-    h[0] = 0.0
-    if m <= first or float(h.sum()) <= 0:
-        return m, torch.zeros(0, dtype=torch.float64)
-    zero = torch.zeros(1, dtype=torch.float64)
-    hc = torch.cat([zero, torch.cumsum(h, 0)])                                 # (m+1,)
-    nzc = torch.cat([zero, torch.cumsum((h > 0).double(), 0)])                 # (m+1,)
-    plogp = torch.cat([zero, torch.cumsum(torch.xlogy(h, h), 0)])              # (m+1,)
-    total = float(hc[-1])                                                      # N
-    i = torch.arange(first, m + 1, dtype=torch.int64)                          # (C,)
-    tail = total - hc[i]                                                       # (C,) outliers
-    last = h[i - 1] + tail                                                     # P_{i-1}
-    a_term = plogp[i - 1] + torch.xlogy(last, last)                            # sum P log P
-    mb = torch.div(i, levels, rounding_mode="floor")                           # bins per level
-    j = torch.arange(levels, dtype=torch.int64)
-    starts = j[None, :] * mb[:, None]                                          # (C, L)
-    ends = torch.where(j[None, :] == levels - 1, i[:, None], starts + mb[:, None])
-    g_q = hc[ends] - hc[starts]                                                # G'_j (C, L)
-    g_p = g_q.clone()
-    g_p[:, -1] += tail                                                         # G_j
-    nz = nzc[ends] - nzc[starts]
-    nz[:, -1] += ((h[i - 1] == 0) & (last > 0)).double()                       # outlier-only bin
-    g_q = torch.where((g_q <= 0) & (g_p > 0), torch.full_like(g_q, 1e-4), g_q)  # smoothing
-    b_term = torch.where(g_p > 0, g_p * torch.log(g_q / nz.clamp(min=1.0)), 0.0).sum(dim=1)
-    kl = (a_term - b_term) / total + torch.log(g_q.sum(dim=1) / total)
-    best = int(torch.argmin(kl))
-    return int(i[best]), kl
-
-
 def kl_levels(qtype: QType) -> int:
     """Quantization levels on one side of zero: 128 for int8, 256 for uint8."""
     return 1 << (qtype.bits - 1) if qtype.signed else 1 << qtype.bits
-
