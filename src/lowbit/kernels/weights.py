@@ -44,6 +44,7 @@ class QuantWeight:
 
     @property
     def device(self) -> torch.device:
+        """The device the codes live on."""
         return self.qdata.device
 
     @property

@@ -1,0 +1,22 @@
+"""Real low-bit kernels: one registry ``(op, backend) -> implementation`` and one dispatcher.
+
+``prepare_linear`` / ``prepare_conv2d`` bind a quantized weight (as ``lowbit.nn`` stores it)
+to a plan of kernels per row count; ``reference`` (plain PyTorch) is always there, ``native``
+runs PyTorch's integer kernels and ``dense`` its float GEMM on a dequantized-once weight.
+See :mod:`lowbit.kernels.dispatch` for the measured dispatch table.
+"""
+
+from . import dense, int4, int8  # noqa: F401  (register the implementations)
+from .act import ACT_MODES, ActQuantizer, quantize_act
+from .conv import PreparedConv1d, PreparedConv2d, prepare_conv1d, prepare_conv2d
+from .dispatch import BACKEND_CHOICES, TABLE, Choice, Plan, machine, plan
+from .linear import PreparedLinear, prepare_linear
+from .registry import BACKENDS, OP_CLASSES, KernelImpl, find, linear_op, register, registered
+from .weights import QuantWeight, quant_weight
+
+__all__ = [
+    "ACT_MODES", "ActQuantizer", "quantize_act", "PreparedConv1d", "PreparedConv2d", "prepare_conv1d",
+    "prepare_conv2d", "BACKEND_CHOICES", "TABLE", "Choice", "Plan", "machine", "plan",
+    "PreparedLinear", "prepare_linear", "BACKENDS", "OP_CLASSES", "KernelImpl", "find",
+    "linear_op", "register", "registered", "QuantWeight", "quant_weight",
+]

@@ -1,0 +1,127 @@
+"""The dispatcher: one plan per (op, weight, dtype, backend), reasons recorded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lowbit.errors import ConfigError, KernelUnavailableError
+from lowbit.kernels import dispatch
+from lowbit.kernels.dispatch import TABLE, machine, plan
+from lowbit.kernels.registry import BACKENDS, find
+from lowbit.kernels.weights import quant_weight
+from lowbit.types import PerChannel, PerGroup, int4, int8
+
+
+@pytest.fixture
+def w8(qweight):
+    torch.manual_seed(0)
+    return quant_weight(*qweight(torch.randn(32, 64), int8, PerChannel(0)))
+
+
+def test_machine_names_a_table_class():
+    assert machine("cpu") in ("cpu.amx", "cpu.avx512_vnni", "cpu.avx2", "cpu")
+    assert machine("cuda") == "cuda", "named without initialising CUDA"
+
+
+def test_table_entries_are_well_formed():
+    for key, segments in TABLE.items():
+        where, op, *size = key
+        assert size in ([], ["small"], ["large"]), key
+        bounds = [s[0] for s in segments]
+        assert bounds[-1] is None, f"{key}: the last segment must be unbounded"
+        assert bounds[:-1] == sorted(bounds[:-1]), f"{key}: bounds ascend"
+        for _, backend, compute, *kernel in segments:
+            device = "cuda" if where == "cuda" else "cpu"
+            assert find(op, backend, device, *kernel) is not None, (key, backend, kernel)
+            assert compute == "input" or compute in dispatch._DTYPES, (key, compute)
+
+
+def test_size_class_rows_win_over_rows_for_every_size(monkeypatch, qweight, w8):
+    monkeypatch.setattr(dispatch, "machine", lambda device: "cpu.test")
+    monkeypatch.setitem(TABLE, ("cpu.test", "linear.w8"), ((None, "dense", "f32"),))
+    monkeypatch.setitem(TABLE, ("cpu.test", "linear.w8", "large"), ((8, "native", "bf16"),
+                                                                    (None, "dense", "f32")))
+    monkeypatch.setattr(dispatch, "LARGE_WEIGHT", 32 * 64)
+    assert dispatch.size_class(w8) == "large"
+    assert plan("linear.w8", w8, torch.float32).select(1).backend == "native"
+    small = quant_weight(*qweight(torch.randn(16, 64), int8, PerChannel(0)))
+    assert dispatch.size_class(small) == "small"
+    assert plan("linear.w8", small, torch.float32).select(1).backend == "dense"
+
+
+def test_the_table_can_name_one_of_several_native_kernels(monkeypatch, w8):
+    monkeypatch.setattr(dispatch, "machine", lambda device: "cpu.test")
+    for name in ("aten._int_mm", "aten._weight_int8pack_mm(a8 codes)"):
+        monkeypatch.setitem(TABLE, ("cpu.test", "linear.w8a8"),
+                            ((None, "native", "f32", name),))
+        assert plan("linear.w8a8", w8, torch.float32).select(1).impl.name == name
+        assert plan("linear.w8a8", w8, torch.float32, "native").select(1).impl.name == name
+
+
+def test_auto_follows_the_table_per_row_count(monkeypatch, w8):
+    monkeypatch.setattr(dispatch, "machine", lambda device: "cpu.test")
+    monkeypatch.setitem(TABLE, ("cpu.test", "linear.w8"),
+                        ((32, "native", "bf16"), (None, "dense", "bf16")))
+    p = plan("linear.w8", w8, torch.float32)
+    assert [(c.min_rows, c.max_rows, c.backend, c.compute) for c in p.choices] == [
+        (0, 32, "native", torch.bfloat16), (32, None, "dense", torch.bfloat16)]
+    assert p.select(1).backend == "native" and p.select(31).backend == "native"
+    assert p.select(32).backend == "dense" and p.select(10 ** 6).backend == "dense"
+    assert "cpu.test table" in p.select(1).reason and not p.select(1).fallback
+
+
+def test_a_kernel_that_cannot_run_falls_back_and_says_why(monkeypatch, qweight):
+    monkeypatch.setattr(dispatch, "machine", lambda device: "cpu.test")
+    monkeypatch.setitem(TABLE, ("cpu.test", "linear.w8"), ((16, "native", "bf16"),
+                                                           (None, "dense", "f32")))
+    torch.manual_seed(0)
+    grouped = quant_weight(*qweight(torch.randn(32, 64), int8, PerGroup(32, 1)))
+    first = plan("linear.w8", grouped, torch.float32).select(1)
+    assert first.backend == "dense" and first.fallback
+    assert "unavailable" in first.reason and "one scale per output channel" in first.reason
+    assert first.compute == torch.float32, "the fallback is the float path in the input dtype"
+
+
+def test_no_table_row_means_the_float_path_in_the_input_dtype(monkeypatch, w8):
+    monkeypatch.setattr(dispatch, "machine", lambda device: "cpu.unmeasured")
+    for dtype in (torch.float32, torch.bfloat16):
+        (only,) = plan("linear.w8", w8, dtype).choices
+        assert (only.backend, only.compute, only.max_rows) == ("dense", dtype, None)
+        assert "no table row for cpu.unmeasured/linear.w8" in only.reason
+
+
+def test_forced_backends(w8):
+    for backend in BACKENDS:
+        (only,) = plan("linear.w8", w8, torch.float32, backend).choices
+        assert only.backend == backend and "forced" in only.reason
+    (native,) = plan("linear.w8", w8, torch.float32, "native").choices
+    assert native.compute in native.impl.compute_dtypes
+
+
+def test_forcing_an_unavailable_backend_raises(qweight):
+    torch.manual_seed(0)
+    odd = quant_weight(*qweight(torch.randn(8, 64), int4, PerGroup(32, 1)))  # N % 16 != 0
+    with pytest.raises(KernelUnavailableError,
+                       match=r"backend='native' is unavailable for linear.w4.*N a multiple of 16"):
+        plan("linear.w4", odd, torch.float32, "native")
+    with pytest.raises(KernelUnavailableError, match=r"no implementation is registered"):
+        plan("linear.w16", odd, torch.float32, "native")
+
+
+def test_unknown_backend_is_a_config_error(w8):
+    with pytest.raises(ConfigError, match=r"backend='fast' is invalid.*'auto'"):
+        plan("linear.w8", w8, torch.float32, "fast")
+    with pytest.raises(ConfigError, match=r"backend='fast'"):
+        dispatch.parse_backend("fast")
+    assert dispatch.parse_backend("dense") == "dense"
+
+
+def test_forced_native_tries_every_kernel_and_names_each_reason(qweight):
+    torch.manual_seed(0)
+    grouped = quant_weight(*qweight(torch.randn(32, 64), int8, PerGroup(32, 1)))
+    with pytest.raises(KernelUnavailableError) as info:
+        plan("linear.w8a8", grouped, torch.float32, "native")
+    message = str(info.value)
+    assert "aten._int_mm: int8 kernels take one scale per output channel" in message
+    assert "aten._weight_int8pack_mm(a8 codes):" in message

@@ -1,0 +1,126 @@
+"""prepare_linear / PreparedLinear: the dispatched result against the reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lowbit.errors import ConfigError, InputError, KernelUnavailableError
+from lowbit.kernels import dispatch
+from lowbit.kernels.linear import prepare_linear
+from lowbit.records import LayerRecord
+from lowbit.types import PerChannel, PerGroup, Scheme, int4, int8, uint8
+
+FORMATS = {
+    "w8": (int8, PerChannel(0), Scheme.SYMMETRIC, None),
+    "w8-affine": (uint8, PerChannel(0), Scheme.AFFINE, None),
+    "w8a8": (int8, PerChannel(0), Scheme.SYMMETRIC, "dynamic_int8"),
+    "w4-g128": (int4, PerGroup(128, 1), Scheme.SYMMETRIC, None),
+}
+
+
+def _layer(qweight, fmt, backend="auto", n=32, k=256):
+    qtype, gran, scheme, act = FORMATS[fmt]
+    torch.manual_seed(0)
+    w, b = torch.randn(n, k), torch.randn(n)
+    return w, b, prepare_linear(*qweight(w, qtype, gran, scheme), act=act, backend=backend)
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("backend", ["auto", "native", "dense", "reference"])
+def test_every_path_and_row_count_stays_within_the_quantization_error(qweight, relerr, fmt,
+                                                                      backend):
+    w, b, lin = _layer(qweight, fmt, backend)
+    ref_lin = _layer(qweight, fmt, "reference")[2]
+    for m in (1, 5, 40):  # on both sides of every table threshold used here
+        x = torch.randn(m, 256)
+        ref = ref_lin(x, b)
+        quant_err = relerr(ref, F.linear(x, w, b))
+        got = lin(x, b)
+        assert relerr(got, ref) <= 1.5 * quant_err, (fmt, backend, m, lin.last.describe())
+
+
+def test_auto_uses_both_sides_of_its_plan(qweight, monkeypatch):
+    monkeypatch.setattr(dispatch, "machine", lambda device: "cpu.test")
+    monkeypatch.setitem(dispatch.TABLE, ("cpu.test", "linear.w4"),
+                        ((8, "native", "bf16"), (None, "dense", "f32")))
+    _, b, lin = _layer(qweight, "w4-g128")
+    lin(torch.randn(2, 3, 256), b)  # 6 rows
+    assert lin.last.backend == "native"
+    lin(torch.randn(9, 256), b)
+    assert lin.last.backend == "dense"
+    assert lin.backend == "native+dense"
+    assert "rows 0-7" in lin.kernel and "rows>=8" in lin.kernel
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_shapes_and_output_dtype_follow_the_input(qweight, dtype):
+    _, b, lin = _layer(qweight, "w8")
+    x = torch.randn(2, 3, 256, dtype=dtype)
+    y = lin(x, b)
+    assert y.shape == (2, 3, 32) and y.dtype == dtype
+    assert lin(torch.randn(0, 256), b).shape == (0, 32), "no rows, no work"
+    assert lin(x[..., ::2].repeat_interleave(2, -1)).shape == (2, 3, 32), "non-contiguous input"
+
+
+def test_the_record_fields_say_what_ran_and_why(qweight, monkeypatch):
+    _, _, lin = _layer(qweight, "w4-g128")
+    record = LayerRecord("fc", "Linear", "quantized", **lin.record_fields())
+    assert (record.backend, record.kernel, record.kernel_reason) == (lin.backend, lin.kernel,
+                                                                     lin.reason)
+    assert record.kernel and record.kernel_reason and record.backend
+    assert not lin.fallback
+    monkeypatch.setattr(dispatch, "machine", lambda device: "cpu.test")
+    monkeypatch.setitem(dispatch.TABLE, ("cpu.test", "linear.w4"), ((8, "native", "bf16"),
+                                                                   (None, "dense", "f32")))
+    _, _, odd = _layer(qweight, "w4-g128", n=24)  # N % 16: the int4 kernel cannot run
+    assert odd.fallback and "fallback" in odd.reason and "N a multiple of 16" in odd.reason
+
+
+def test_memory_reports_stored_and_built_bytes(qweight):
+    _, b, lin = _layer(qweight, "w4-g128", backend="dense", n=256, k=1024)
+    mem = lin.memory()
+    assert mem == {"stored": 256 * 512 + 2 * 256 * 8 * 4, "extra": 0}, "dense is built lazily"
+    assert mem["stored"] <= 0.16 * 256 * 1024 * 4, "int4-g128 with scales <= 0.16x float32"
+    lin(torch.randn(2, 1024), b)
+    assert lin.memory()["extra"] == 256 * 1024 * 4, "the float32 dense weight, once built"
+
+
+def test_forcing_an_unavailable_backend_raises(qweight):
+    with pytest.raises(KernelUnavailableError, match=r"backend='native' is unavailable"):
+        _layer(qweight, "w4-g128", backend="native", n=24)
+
+
+def test_bad_inputs_are_named(qweight):
+    _, b, lin = _layer(qweight, "w8")
+    with pytest.raises(InputError, match=r"K=256 inputs .* pass \[\.\.\., 256\]"):
+        lin(torch.randn(3, 255))
+    with pytest.raises(InputError, match=r"x must be a float tensor; got torch.int64"):
+        lin(torch.ones(3, 256, dtype=torch.long))
+    with pytest.raises(InputError, match=r"x is on meta but the weight is on cpu"):
+        lin(torch.randn(3, 256, device="meta"))
+    with pytest.raises(InputError, match=r"bias has shape \(31,\)"):
+        lin(torch.randn(3, 256), b[:31])
+
+
+def test_bad_arguments_are_named(qweight):
+    args = qweight(torch.randn(8, 64), int8, PerChannel(0))
+    with pytest.raises(ConfigError, match=r"act='per_token'.*'dynamic_int8'"):
+        prepare_linear(*args, act="per_token")
+    with pytest.raises(ConfigError, match=r"act_impl='jit'"):
+        prepare_linear(*args, act_impl="jit")
+    with pytest.raises(ConfigError, match=r"backend='int8'.*'auto'"):
+        prepare_linear(*args, backend="int8")
+
+
+def test_keep_dense_false_holds_no_float_weight(qweight, relerr):
+    _, b, lin = _layer(qweight, "w8", backend="dense")
+    args = qweight(torch.randn(8, 64), int8, PerChannel(0))
+    lean = prepare_linear(*args, backend="dense", keep_dense=False)
+    kept = prepare_linear(*args, backend="dense")
+    x = torch.randn(3, 64)
+    assert torch.equal(lean(x), kept(x)), "same arithmetic, only the caching differs"
+    assert lean.memory()["extra"] == 0 and kept.memory()["extra"] == 8 * 64 * 4
+    with pytest.raises(ConfigError, match=r"keep_dense='no'"):
+        prepare_linear(*args, keep_dense="no")

@@ -1,0 +1,43 @@
+"""Native kernels are probed against the reference once per device before use."""
+
+from __future__ import annotations
+
+import torch
+
+from lowbit.kernels import probe as probe_mod
+from lowbit.kernels.probe import probe
+from lowbit.kernels.registry import KernelImpl, registered
+
+
+def test_every_cpu_native_kernel_passes_its_probe():
+    for (op, backend, device, _), impl in registered().items():
+        if backend == "native" and device == "cpu":
+            assert probe(impl, "cpu") is None, f"{impl.name} ({op}) failed its probe"
+
+
+def _fake(name, run):
+    return KernelImpl(name, "linear.w8", "native", "cpu", lambda w, dt: w, run,
+                      extra={"probe": ("int8", None, None)})
+
+
+def test_a_wrong_kernel_is_caught_and_cached(monkeypatch):
+    monkeypatch.setattr(probe_mod, "_cache", {})
+    calls = []
+
+    def wrong(st, x, bias, act):
+        calls.append(1)
+        return torch.zeros(x.shape[0], st.n)
+
+    impl = _fake("test.zeros", wrong)
+    assert "disagrees with the reference" in probe(impl, "cpu")
+    assert "disagrees" in probe(impl, "cpu") and len(calls) == 1, "probed once per device"
+
+
+def test_a_crashing_kernel_is_unavailable_with_its_error(monkeypatch):
+    monkeypatch.setattr(probe_mod, "_cache", {})
+
+    def boom(st, x, bias, act):
+        raise RuntimeError("expected qGroupSize to be 32")
+
+    reason = probe(_fake("test.boom", boom), "cpu")
+    assert reason.startswith("its probe failed: RuntimeError: expected qGroupSize")
