@@ -9,6 +9,7 @@ from ._version import __version__
 from .config import LayerConfig, QuantSpec, parse_method
 from .errors import (CheckpointError, ConfigError, ExportError, InputError,
                      KernelUnavailableError, LowbitError, StateError)
+from .export import ExportResult, export_onnx, onnx_info, validate_onnx
 from .model import (PTQPipeline, calibrate, convert, estimate_model_size, find_roles,
                     lowbit_state, prepare, qat_finetune, quantize_model, to_float)
 from .model.checkpoint import load, save

@@ -1,0 +1,191 @@
+"""Run an exported file in ONNX Runtime and hold it against the PyTorch model.
+
+``onnxruntime`` is imported inside the functions, so importing lowbit never imports it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ConfigError, ExportError, InputError, check_int_range
+from ..model.batches import split_batch
+from .signature import flatten_outputs
+
+#: How ONNX Runtime runs the graph (see :func:`ort_session`).
+KERNELS = ("exact", "default", "reference")
+#: session config entries of the ``exact`` mode
+EXACT_INT8_CONFIG = {
+    # x86-64: U8U8 integer GEMMs instead of U8S8, whose int16 pair sums saturate on CPUs
+    # without VNNI (AVX2, AVX-512F) when weights use all 8 bits
+    "session.x64quantprecision": "1",
+    # DequantizeLinear + MatMul fused to MatMulNBits keeps float activations (level 4, the
+    # default, quantizes them to int8 on the fly)
+    "session.qdq_matmulnbits_accuracy_level": "1",
+}
+
+
+def require_onnxruntime():
+    """Import ``onnxruntime`` or raise :class:`ExportError` with the install line."""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise ExportError("validating ONNX needs the optional package 'onnxruntime' (import "
+                          f"failed: {exc}). Fix: pip install \"lowbit[onnx]\"") from exc
+    return onnxruntime
+
+
+def ort_session(path: str | os.PathLike, *, threads: int | None = None,
+                kernels: str = "exact"):
+    """An ONNX Runtime ``InferenceSession`` on the CPU execution provider.
+
+    threads: intra-op threads (None: ONNX Runtime's default); inter-op is 1.
+    kernels: ``exact`` — every graph optimization (Q/DQ fused into integer kernels) with
+    kernels that keep the graph's arithmetic (:data:`EXACT_INT8_CONFIG`); ``default`` — ONNX
+    Runtime's defaults, its fastest kernels, which on x86-64 without VNNI can saturate int8
+    GEMMs and quantize activations of weight-only MatMuls; ``reference`` — no graph
+    optimization: the file's nodes one by one.
+    """
+    ort = require_onnxruntime()
+    if threads is not None:
+        check_int_range("threads", threads, 1, 1024)
+    if kernels not in KERNELS:
+        raise ConfigError("kernels", kernels, f"one of {KERNELS}",
+                          fix="'exact' checks the exported arithmetic with fused integer "
+                              "kernels; 'default' runs ONNX Runtime's defaults")
+    levels = ort.GraphOptimizationLevel
+    options = ort.SessionOptions()
+    options.graph_optimization_level = (levels.ORT_DISABLE_ALL if kernels == "reference"
+                                        else levels.ORT_ENABLE_ALL)
+    if kernels == "exact":
+        for key, value in EXACT_INT8_CONFIG.items():
+            options.add_session_config_entry(key, value)
+    options.inter_op_num_threads = 1
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def ort_feeds(session, inputs: Any) -> dict[str, np.ndarray]:
+    """Map one batch (tensor, tuple or dict, as the model takes it) onto the session's inputs."""
+    names = [i.name for i in session.get_inputs()]
+    args, kwargs = split_batch(inputs)
+    if kwargs:
+        missing = [n for n in names if kwargs.get(n) is None]
+        if missing:
+            raise InputError(f"the ONNX file takes inputs {names} but the batch lacks "
+                             f"{missing}; pass a dict with those keys")
+        return {n: _numpy(kwargs[n]) for n in names}
+    if len(args) != len(names):
+        raise InputError(f"the ONNX file takes {len(names)} input(s) {names} but the batch "
+                         f"has {len(args)}; pass the inputs the model was exported with")
+    return {n: _numpy(a) for n, a in zip(names, args)}
+
+
+def _numpy(t: Any) -> np.ndarray:
+    if not isinstance(t, torch.Tensor):
+        raise InputError(f"ONNX inputs must be tensors, got {type(t).__name__}")
+    return t.detach().cpu().contiguous().numpy()
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 or nb == 0.0:
+        return 1.0 if na == nb else 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+def compare_outputs(expected: np.ndarray, actual: np.ndarray) -> dict:
+    """Max/mean abs error, overall cosine, and per-sample (row of axis 0) cosines."""
+    e = expected.astype(np.float64)
+    a = actual.astype(np.float64)
+    diff = np.abs(e - a)
+    rows = e.reshape(e.shape[0], -1) if e.ndim >= 2 and e.shape[0] else e.reshape(1, -1)
+    rows_a = a.reshape(rows.shape)
+    sample = [_cosine(x, y) for x, y in zip(rows, rows_a)]
+    return {"shape": list(e.shape), "max_abs_error": float(diff.max()) if diff.size else 0.0,
+            "mean_abs_error": float(diff.mean()) if diff.size else 0.0,
+            "cosine": _cosine(e.ravel(), a.ravel()),
+            "mean_cosine": float(np.mean(sample)) if sample else 1.0,
+            "min_cosine": float(np.min(sample)) if sample else 1.0}
+
+
+def _run_torch(model: nn.Module, inputs: Any) -> list[np.ndarray]:
+    args, kwargs = split_batch(inputs)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(*args, **kwargs)
+    finally:
+        model.train(was_training)
+    return [t.detach().float().cpu().numpy() for t in flatten_outputs(out)[1]]
+
+
+def validate_onnx(path: str | os.PathLike, model: nn.Module, inputs: Any, *,
+                  atol: float | None = None, min_cosine: float = 0.999,
+                  threads: int | None = None, kernels: str = "exact") -> dict:
+    """Run ``path`` in ONNX Runtime (CPU) and compare it with ``model`` on ``inputs``.
+
+    inputs: one batch as the model takes it (tensor, tuple, or dict of keyword tensors); its
+    batch size may differ from the export example's when the batch axis is dynamic.
+    Passes when, for every output, the mean per-sample cosine is at least ``min_cosine`` and
+    (when given) the max abs error is at most ``atol``; otherwise raises :class:`ExportError`
+    naming the output, the numbers and the tolerance. kernels and threads: how ONNX Runtime
+    runs (see :func:`ort_session`; ``default`` checks ONNX Runtime's fastest kernels on this
+    CPU, which may be lossy). The model runs in eval mode without
+    grad (its mode is restored). Returns ``{"outputs": {name: metrics}, "max_abs_error",
+    "mean_cosine", "min_cosine", "atol", "min_cosine_required", "passed", "path"}``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("path", str(path), "an existing .onnx file",
+                          fix="pass the path that export_onnx wrote")
+    if not isinstance(model, nn.Module):
+        raise ConfigError("model", type(model).__name__, "a torch.nn.Module",
+                          fix="pass the PyTorch model the file was exported from")
+    if atol is not None and (isinstance(atol, bool) or not isinstance(atol, (int, float))
+                             or not atol >= 0):
+        raise ConfigError("atol", atol, "None or a number >= 0", fix="e.g. atol=1e-4")
+    if isinstance(min_cosine, bool) or not isinstance(min_cosine, (int, float)) \
+            or not -1.0 <= min_cosine <= 1.0:
+        raise ConfigError("min_cosine", min_cosine, "a number in [-1, 1]",
+                          fix="e.g. min_cosine=0.999")
+    session = ort_session(path, threads=threads, kernels=kernels)
+    feeds = ort_feeds(session, inputs)
+    actual = session.run(None, feeds)
+    expected = _run_torch(model, inputs)
+    names = [o.name for o in session.get_outputs()]
+    if len(expected) != len(actual):
+        raise ExportError(f"{path}: ONNX Runtime returned {len(actual)} output(s) {names}, the "
+                          f"PyTorch model {len(expected)}; export and validate the same model")
+    outputs = {}
+    for name, e, a in zip(names, expected, actual):
+        if tuple(e.shape) != tuple(a.shape):
+            raise ExportError(f"{path}: output {name!r} has shape {tuple(a.shape)} in ONNX "
+                              f"Runtime but {tuple(e.shape)} in PyTorch; check the dynamic "
+                              "axes used at export")
+        outputs[name] = compare_outputs(e, a)
+    worst_abs = max(m["max_abs_error"] for m in outputs.values())
+    worst_cos = min(m["mean_cosine"] for m in outputs.values())
+    report = {"path": str(path), "outputs": outputs, "max_abs_error": worst_abs,
+              "mean_cosine": worst_cos,
+              "min_cosine": min(m["min_cosine"] for m in outputs.values()),
+              "atol": atol, "min_cosine_required": float(min_cosine), "passed": True}
+    for name, m in outputs.items():
+        too_far = atol is not None and not m["max_abs_error"] <= atol
+        if too_far or not m["mean_cosine"] >= min_cosine or math.isnan(m["max_abs_error"]):
+            raise ExportError(
+                f"{path}: ONNX Runtime output {name!r} does not match the PyTorch model: max "
+                f"abs error {m['max_abs_error']:.6g} (atol {atol}), mean cosine "
+                f"{m['mean_cosine']:.6f} (min_cosine {min_cosine}). Fix: export the model "
+                "you validate against, check the export's fallbacks, or loosen the tolerance")
+    return report
