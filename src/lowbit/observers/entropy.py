@@ -27,10 +27,12 @@ The threshold with the smallest ``KL(P || Q)`` wins.  Design points:
   bins, to the last group: the top level then spans up to twice the width of the
   others and KL(i) has a saw-tooth of period ``L`` in ``i``, so the winning
   threshold depended on ``i mod L`` rather than on the data.
-* **Levels.**  ``L`` is the number of grid levels on ``[0, T]``: ``2**(bits-1)``
-  magnitudes on a signed grid (128 for int8), ``2**bits`` on an unsigned grid
-  (256 for uint8), as in pytorch-quantization's ``1 << (num_bits - 1 + unsigned)``.
-  A smaller ``L`` would score a grid coarser than the one being calibrated.
+* **Levels.**  ``L = 2**(bits-1)`` candidate levels (128 for 8 bits), as TensorRT's
+  calibrator uses for every int8 tensor, post-ReLU ones included; the chosen threshold
+  is then applied on the qtype's own grid (``[0, T]`` with 256 levels on uint8).  With
+  ``L = 256`` on the unsigned grid the finer level count makes KL's cost of clipping
+  dominate and it keeps the full range on a ReLU-Gaussian (45.7 dB = minmax on the
+  test fixture, against 46.06 dB with 128 levels and ~46.2 dB for the MSE optimum).
 * **Zero spike and empty bins.**  The first source bin (ReLU's zeros, exact on any
   grid) is replaced by the second before re-binning (pytorch-quantization's
   ``bins[0] = bins[1]``), so the number of zeros cannot move the threshold and the
@@ -57,7 +59,7 @@ import torch
 from .hist_base import DEFAULT_BINS, HistogramObserver
 from .histogram import Histogram
 from .registry import register_observer
-from .search import KL_START_BINS, kl_levels
+from .search import KL_START_BINS
 
 KL_SMOOTHING = 1e-4           # counts given to an outlier-only group of Q
 
@@ -89,6 +91,11 @@ def occupied_view(hist: Histogram, amax: float, bins: int) -> torch.Tensor:
     cdf = cum[k] + ((edges - knots[k]) / span).clamp(0.0, 1.0) * c[k]
     cdf[0], cdf[-1] = 0.0, cum[-1]
     return torch.diff(cdf).clamp(min=0.0)
+
+
+def entropy_levels(qtype) -> int:
+    """Candidate levels of the KL search: ``2**(bits-1)`` (TensorRT's 128 for 8 bits)."""
+    return 1 << (qtype.bits - 1)
 
 
 def kl_search(h: torch.Tensor, levels: int, start: int = KL_START_BINS) -> tuple[int, torch.Tensor]:
@@ -145,7 +152,7 @@ def entropy_threshold(obs: HistogramObserver) -> tuple[float, int, int]:
     amax = max(-obs.min_val, obs.max_val)
     bins = obs.hist.bins
     view = occupied_view(obs.hist.folded(), amax, bins)
-    i, _ = kl_search(view, kl_levels(obs.qtype))
+    i, _ = kl_search(view, entropy_levels(obs.qtype))
     return (amax if i >= bins else i * (amax / bins)), i, bins
 
 
@@ -176,4 +183,4 @@ class EntropyObserver(HistogramObserver):
 
     def _summary_extra(self):
         return {"bins": self.hist.bins, "threshold_bins": self.bins_kept,
-                "threshold": self.threshold, "levels": kl_levels(self.qtype)}
+                "threshold": self.threshold, "levels": entropy_levels(self.qtype)}
