@@ -13,8 +13,21 @@
 plus the metadata ``weight_spec``, ``qtype``, ``block_size`` and ``weight_shape``.
 
 Forward fake-quantizes the input exactly as the QAT module does, dequantizes the weight and
-runs the float op through one boundary, :meth:`_forward_float`, which a kernel dispatcher can
-replace.  Converted outputs are bit-identical to the calibrated QAT module's outputs.
+runs the float op through one boundary, :meth:`_forward_float`.  With
+``kernel_backend="reference"`` converted outputs are bit-identical to the calibrated QAT
+module's outputs.
+
+Kernels (``QuantizedLinear``): ``kernel_backend`` (default ``"auto"``; set it with
+:meth:`QuantizedModule.set_kernel_backend` or :func:`set_kernel_backend` for a whole model)
+runs the layer on :func:`lowbit.kernels.prepare_linear` when its formats are ones the kernels
+take (int8 per-channel weights or ≤4-bit weights grouped along the input dim; input float,
+dynamic int8 per-token affine, or static int8 per-tensor).  The prepared kernel is built at
+the first forward and cached as a plain attribute (never in ``state_dict``); it is rebuilt
+when ``qdata``/``scale``/``zero_point``/the input qparams change (new tensors, in-place
+writes, ``load_state_dict``, ``.to()``).  Other formats, conv and embedding layers keep the
+reference forward; ``kernel``, ``backend`` and ``kernel_reason`` say what runs and why (and
+``lowbit.model.convert`` copies them into the layer's record).  Kernel outputs match the
+reference within the bfloat16 rounding the kernels add (see :mod:`lowbit.kernels.linear`).
 
 Build them with ``from_qat`` (after calibration), ``from_float``/``from_linear`` (weights
 quantized directly), or the constructor (zero placeholders, to ``load_state_dict`` into).
@@ -27,182 +40,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import LayerConfig, QuantSpec
-from ..errors import ConfigError, StateError
-from ..primitives.affine import dequantize, quantize
-from ..primitives.packing import pack_codes, packed_size, unpack_codes
-from ..types import PerChannel, QParams, Scheme, int8
-from .qat import (QuantConv1d, QuantConv2d, QuantEmbedding, QuantLinear, QuantModuleMixin,
-                  _meta_table, check_embedding_config, weight_matrix)
-from .quantizer import TensorQuantizer
-
-#: Grids of at most this many bits are stored packed (two int4 codes per byte).
-PACK_MAX_BITS = 4
-
-#: ``QuantizedLinear.from_linear``'s default weight spec (seed 001: int8 symmetric per channel).
-DEFAULT_WEIGHT_SPEC = QuantSpec(qtype=int8, scheme=Scheme.SYMMETRIC, granularity=PerChannel(0))
-
-
-class QuantizedModule(nn.Module):
-    """Weight storage, activation quantizer and forward shared by the real modules."""
-
-    _QAT_CLS: type = QuantModuleMixin
-
-    def _init_storage(self, weight_shape: tuple[int, ...], weight_spec: QuantSpec,
-                      act_spec: QuantSpec | None, bias: bool, dtype=None, device=None) -> None:
-        """Zero placeholders of the right shapes for a weight of ``weight_shape``."""
-        if not isinstance(weight_spec, QuantSpec):
-            raise ConfigError("weight_spec", weight_spec, "a lowbit QuantSpec",
-                              fix="pass QuantSpec(...) for the weight; a layer whose weight "
-                                  "stays float is not converted")
-        if act_spec is not None and not isinstance(act_spec, QuantSpec):
-            raise ConfigError("act_spec", act_spec, "a lowbit QuantSpec or None",
-                              fix="pass QuantSpec(...) or None to keep the input float")
-        self.weight_spec = weight_spec
-        self.qtype = weight_spec.qtype
-        self.weight_shape = tuple(int(n) for n in weight_shape)
-        self.weight_dtype = dtype or torch.get_default_dtype()
-        rows, cols = self.weight_shape[0], 1
-        for n in self.weight_shape[1:]:
-            cols *= n
-        self.in_dim = cols
-        self.block_size = weight_spec.granularity.block_size((rows, cols))
-        qshape = tuple(n // b for n, b in zip((rows, cols), self.block_size))
-        self.packed = self.qtype.bits <= PACK_MAX_BITS
-        if self.packed:
-            qdata = torch.zeros(rows, packed_size(cols, self.qtype.bits), dtype=torch.uint8)
-        else:
-            qdata = torch.zeros(rows, cols, dtype=self.qtype.storage_dtype)
-        self.register_buffer("qdata", qdata.to(device))
-        self.register_buffer("scale", torch.ones(qshape, device=device))
-        self.register_buffer("zero_point", torch.zeros(qshape, dtype=torch.int32, device=device))
-        self.register_buffer("bias", torch.zeros(rows, dtype=self.weight_dtype, device=device)
-                             if bias else None)
-        self.act_quantizer = None
-        if act_spec is not None:
-            self.act_quantizer = TensorQuantizer(act_spec.replace(learnable=False)).to(device)
-
-    @property
-    def act_spec(self) -> QuantSpec | None:
-        """The input's spec (static or dynamic), or None for a float input."""
-        return None if self.act_quantizer is None else self.act_quantizer.spec
-
-    def weight_qparams(self) -> QParams:
-        """The weight's qparams, for its 2-D view ``[O, K]``."""
-        return QParams(self.scale, self.zero_point, self.qtype, self.block_size)
-
-    def set_weight(self, weight: torch.Tensor, qp: QParams) -> None:
-        """Quantize the float ``weight`` with ``qp`` (for its 2-D view) into ``qdata``."""
-        w2d = weight_matrix(weight.detach())
-        if tuple(weight.shape) != self.weight_shape or tuple(qp.block_size) != self.block_size:
-            raise ConfigError("weight", f"shape {tuple(weight.shape)}, block {qp.block_size}",
-                              f"shape {self.weight_shape}, block {self.block_size}",
-                              fix="quantize a weight shaped like this module's, with qparams "
-                                  "of its weight_spec's granularity")
-        self.scale = qp.scale.detach().to(self.scale.device, torch.float32).clone()
-        self.zero_point = qp.zero_point.detach().to(self.scale.device, torch.int32).clone()
-        codes = quantize(w2d.to(self.scale.device), self.weight_qparams())
-        self.qdata = pack_codes(codes, self.qtype) if self.packed else codes
-
-    def weight_codes(self) -> torch.Tensor:
-        """Unpacked integer codes ``[O, K]``."""
-        if self.packed:
-            return unpack_codes(self.qdata, self.qtype, self.in_dim)
-        return self.qdata
-
-    def dequantized_weight(self) -> torch.Tensor:
-        """The float weight ``(q - z)·s`` in the original shape and dtype."""
-        w2d = dequantize(self.weight_codes(), self.weight_qparams(), self.weight_dtype)
-        return w2d.reshape(self.weight_shape)
-
-    def nbytes(self) -> int:
-        """Bytes really stored: qdata, scale, zero_point, bias and the input's qparams."""
-        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_hat = x if self.act_quantizer is None else self.act_quantizer(x)
-        return self._forward_float(x_hat, self.dequantized_weight())
-
-    def _forward_float(self, x_hat: torch.Tensor, w_hat: torch.Tensor) -> torch.Tensor:
-        """The float op on the quantized input and dequantized weight (kernel boundary)."""
-        raise NotImplementedError
-
-    # ------------------------------------------------------------------ construction
-
-    @classmethod
-    def _empty_like(cls, module: nn.Module, weight_spec: QuantSpec,
-                    act_spec: QuantSpec | None) -> "QuantizedModule":
-        """Placeholders shaped for ``module`` (a float or QAT module); subclasses define it."""
-        raise NotImplementedError
-
-    @classmethod
-    def from_qat(cls, qat: nn.Module) -> "QuantizedModule":
-        """Convert a calibrated QAT module: codes from its weight qparams, its input qparams.
-
-        Raises :class:`StateError` when a quantizer still needs calibration.
-        """
-        if type(qat) is not cls._QAT_CLS:
-            raise ConfigError("qat", type(qat).__name__, f"a {cls._QAT_CLS.__name__}",
-                              fix=f"convert a {cls._QAT_CLS.__name__} (from_float first), or "
-                                  "look the class up in lowbit.nn.QUANTIZED_MODULES")
-        wq, aq = qat.weight_quantizer, qat.act_quantizer
-        if wq is None:
-            raise ConfigError("LayerConfig.weight", None, "a QuantSpec to convert to integers",
-                              fix="keep this layer as its QAT module (or float), or give it "
-                                  "a weight spec")
-        for name, q in (("weight", wq), ("act", aq)):
-            if q is not None and (q.observing or not q.ready):
-                raise StateError(f"{type(qat).__name__}.{name}_quantizer is {q.state}: calibrate "
-                                 "before converting (start_observing(), run data, freeze())")
-        module = cls._empty_like(qat, wq.spec, None if aq is None else aq.spec)
-        module.to(qat.weight.device)
-        w2d = weight_matrix(qat.weight.detach())
-        if wq.is_frozen:
-            qp = wq.qparams()
-        else:  # dynamic or data-free fixed point: qparams of the weight as it is now
-            qp = TensorQuantizer(wq.spec).freeze(w2d).qparams(w2d)
-        module.set_weight(qat.weight, qp)
-        if getattr(qat, "bias", None) is not None:
-            module.bias = qat.bias.detach().clone()
-        if aq is not None and aq.is_frozen:
-            module.act_quantizer.set_qparams(aq.qparams())
-        return module.train(qat.training)
-
-    @classmethod
-    def from_float(cls, module: nn.Module, config: LayerConfig) -> "QuantizedModule":
-        """Quantize ``module``'s weight directly with ``config.weight``'s observer.
-
-        A static ``config.act`` leaves the input quantizer to calibrate
-        (``act_quantizer.start_observing()``, data, ``freeze()``) before forward.
-        """
-        if not isinstance(config, LayerConfig):
-            raise ConfigError("config", config, "a lowbit LayerConfig",
-                              fix="pass LayerConfig(weight=QuantSpec(...), act=None)")
-        qat_float = cls._QAT_CLS._FLOAT_CLS
-        if isinstance(module, QuantModuleMixin) or not isinstance(module, qat_float):
-            raise ConfigError("module", type(module).__name__, f"a float {qat_float.__name__}",
-                              fix=f"use {cls.__name__}.from_qat for QAT modules")
-        if config.weight is None:
-            raise ConfigError("LayerConfig.weight", None, "a QuantSpec to convert to integers",
-                              fix="give the weight a spec, e.g. QuantSpec(qtype=lowbit.int8, "
-                                  "granularity=PerChannel(0))")
-        out = cls._empty_like(module, config.weight, config.act)
-        out.to(module.weight.device)
-        w2d = weight_matrix(module.weight.detach())
-        out.set_weight(module.weight, TensorQuantizer(config.weight).freeze(w2d).qparams(w2d))
-        if getattr(module, "bias", None) is not None:
-            out.bias = module.bias.detach().clone()
-        return out
-
-    def summary(self) -> dict:
-        """Weight spec and storage, and the input quantizer's summary."""
-        return {"module_type": type(self).__name__, "weight_spec": self.weight_spec.to_dict(),
-                "qtype": self.qtype.name, "block_size": list(self.block_size),
-                "packed": self.packed, "nbytes": self.nbytes(),
-                "act": None if self.act_quantizer is None else self.act_quantizer.summary()}
-
-    def extra_repr(self) -> str:
-        return (f"weight_shape={self.weight_shape}, qtype={self.qtype.name}, "
-                f"block_size={self.block_size}, packed={self.packed}")
+from ..types import PerTensor, PerToken, Scheme
+from .qat import (QuantConv1d, QuantConv2d, QuantEmbedding, QuantLinear, _meta_table,
+                  check_embedding_config)
+from .quantized_base import (DEFAULT_WEIGHT_SPEC, KERNEL_BACKENDS, PACK_MAX_BITS,  # noqa: F401
+                             QuantizedModule)
 
 
 class QuantizedLinear(QuantizedModule):
@@ -230,8 +72,109 @@ class QuantizedLinear(QuantizedModule):
         return cls.from_float(linear, LayerConfig(weight=weight_spec or DEFAULT_WEIGHT_SPEC,
                                                   act=act_spec))
 
+    _reference_op = "F.linear"
+
     def _forward_float(self, x_hat, w_hat):
         return F.linear(x_hat, w_hat, self.bias)
+
+    # ------------------------------------------------------------------ kernels
+
+    def _act_mode(self) -> tuple[str | None, str | None]:
+        """``(prepare_linear's act, None)`` or ``(None, why not)`` for the input quantizer."""
+        aq = self.act_quantizer
+        if aq is None:
+            return None, None
+        spec = aq.spec
+        if spec.qtype.name != "int8":
+            return None, f"input qtype {spec.qtype.name}: the kernels take int8 activations"
+        if spec.dynamic:
+            if isinstance(spec.granularity, PerToken) and spec.scheme is Scheme.AFFINE:
+                return "dynamic_int8", None
+            return None, (f"dynamic input {spec.scheme.value} {type(spec.granularity).__name__}: "
+                          "the kernels take dynamic int8 per-token AFFINE")
+        if not isinstance(spec.granularity, PerTensor):
+            return None, (f"static input {type(spec.granularity).__name__}: the kernels take "
+                          "static int8 per-tensor")
+        if spec.scheme not in (Scheme.SYMMETRIC, Scheme.AFFINE):
+            return None, f"input scheme {spec.scheme.value}: no kernel"
+        if not aq.is_frozen:
+            return None, "static input quantizer not calibrated"
+        return "dynamic_int8_tensor", None
+
+    def kernel_unsupported(self) -> str | None:
+        """Why this layer's formats have no kernel (None when they have one)."""
+        cols = self.in_features
+        bits, name = self.qtype.bits, self.qtype.name
+        if name == "int8":
+            if tuple(self.block_size) != (1, cols):
+                return (f"int8 weight with block {tuple(self.block_size)}: the kernels take "
+                        "int8 per output channel; reference path")
+        elif bits <= PACK_MAX_BITS and name in ("int4", "uint4"):
+            if self.block_size[0] != 1 or cols % self.block_size[1]:
+                return (f"{name} weight with block {tuple(self.block_size)}: the kernels take "
+                        "groups along the input dim; reference path")
+        else:
+            return f"weight qtype {name}: no integer kernel (int8 or int4); reference path"
+        _, why = self._act_mode()
+        if why is not None:
+            return why + "; reference path"
+        if not self.scale.is_floating_point() or self.scale.dtype != torch.float32:
+            return f"scale dtype {self.scale.dtype}: kernels take float32 scales; reference path"
+        return None
+
+    def _kernel_key(self) -> tuple:
+        ts = [self.qdata, self.scale, self.zero_point]
+        if self.act_quantizer is not None:
+            ts += [self.act_quantizer.scale, self.act_quantizer.zero_point]
+        return (self.kernel_backend,) + tuple(
+            (t.device, t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for t in ts)
+
+    def _prepared(self):
+        """The cached :class:`~lowbit.kernels.PreparedLinear` (built now if stale)."""
+        from ..kernels import ActQuantizer, prepare_linear
+        key = self._kernel_key()
+        cached = self.__dict__.get("_kernel")
+        if cached is None or self.__dict__.get("_kernel_cache_key") != key:
+            act, _ = self._act_mode()
+            prepared = prepare_linear(self.qdata, self.scale, self.zero_point, self.qtype,
+                                      self.block_size, act=act, backend=self.kernel_backend)
+            static = None
+            if act == "dynamic_int8_tensor":
+                aq = self.act_quantizer
+                static = ActQuantizer(
+                    "dynamic_int8_tensor",
+                    scale=aq.scale.detach().reshape(1, 1).to(torch.float32),
+                    zero=aq.zero_point.detach().reshape(1, 1).to(torch.float32))
+            cached = (prepared, static)
+            self.__dict__["_kernel"], self.__dict__["_kernel_cache_key"] = cached, key
+        return cached[0]
+
+    def _kernel_fields(self) -> tuple[str, str, str]:
+        """The plan's fields: the cached kernel's, or a plan made without packing anything
+        (so reading them, as convert does, costs no memory)."""
+        cached = self.__dict__.get("_kernel")
+        if cached is not None and self.__dict__.get("_kernel_cache_key") == self._kernel_key():
+            f = cached[0].record_fields()
+            return f["backend"], f["kernel"], f["kernel_reason"]
+        from ..errors import KernelUnavailableError
+        from ..kernels import plan, quant_weight
+        from ..kernels.registry import linear_op
+        act, _ = self._act_mode()
+        w = quant_weight(self.qdata, self.scale, self.zero_point, self.qtype, self.block_size)
+        try:
+            p = plan(linear_op(w, act), w, torch.float32, self.kernel_backend)
+        except KernelUnavailableError as exc:
+            return self.kernel_backend, "unavailable", str(exc)
+        return ("+".join(dict.fromkeys(c.backend for c in p.choices)),
+                "; ".join(c.describe() for c in p.choices),
+                "; ".join(c.reason for c in p.choices))
+
+    def _forward_kernel(self, x: torch.Tensor) -> torch.Tensor:
+        prepared = self._prepared()
+        bias = self.bias
+        if bias is not None and bias.dtype != x.dtype:
+            bias = bias.to(x.dtype)
+        return prepared(x, bias, self.__dict__["_kernel"][1])
 
 
 class _QuantizedConvNd(QuantizedModule):
@@ -255,6 +198,13 @@ class _QuantizedConvNd(QuantizedModule):
     def _empty_like(cls, module, weight_spec, act_spec):
         args = QuantConv2d.conv_args(module)
         return cls(**args, weight_spec=weight_spec, act_spec=act_spec, dtype=module.weight.dtype)
+
+    _reference_op = "conv"
+
+    def kernel_unsupported(self) -> str | None:
+        return ("conv kernels not wired: the dispatch table has no conv2d row on any "
+                "measured machine (auto would run the float conv), so the reference path "
+                "(fake-quant input, dequantized weight, float conv) is kept")
 
     def _forward_float(self, x_hat, w_hat):
         # the float class's own padding/conv code, run on this module's geometry
@@ -298,6 +248,20 @@ class QuantizedEmbedding(QuantizedModule):
         return cls(**QuantEmbedding.embedding_args(module), weight_spec=weight_spec,
                    act_spec=act_spec, dtype=module.weight.dtype)
 
+    _reference_op = "F.embedding"
+
+    def kernel_unsupported(self) -> str | None:
+        return "embedding lookup: dequantizing the rows is the op; reference path"
+
     def _forward_float(self, x_hat, w_hat):
         return F.embedding(x_hat, w_hat, self.padding_idx, None, self.norm_type,
                            self.scale_grad_by_freq, self.sparse)
+
+
+def set_kernel_backend(model: nn.Module, backend: str) -> nn.Module:
+    """Set ``kernel_backend`` on every real low-bit module of ``model`` (or ``model`` itself);
+    ``"reference"`` makes a converted model bit-identical to its fake-quant model."""
+    for m in model.modules():
+        if isinstance(m, QuantizedModule):
+            m.set_kernel_backend(backend)
+    return model
