@@ -20,8 +20,6 @@ from ..errors import CheckpointError, ConfigError
 
 MIN_EXP = -100        # range of an all-zero histogram: 2**-100
 _CHUNK = 1 << 22      # values counted per call (float32 counts stay exact below 2**24)
-_MAGIC = float(1 << 23)   # x + 2**23 holds the integer x in the low mantissa bits
-_MAGIC_BITS = 0x4B000000  # the float32 bit pattern of 2**23
 
 
 def range_exponent(amax: float) -> int:
@@ -47,7 +45,6 @@ class Histogram:
         self.signed = bool(signed)
         self.exp: int | None = None            # None until the first value
         self.counts = torch.zeros(bins, dtype=torch.float64)
-        self._ones = torch.zeros(0)            # scratch for scatter_add_, not state
 
     # ------------------------------------------------------------------ geometry
 
@@ -87,19 +84,13 @@ class Histogram:
             self.counts += self._count(flat[start:start + _CHUNK]).double()
 
     def _count(self, x: torch.Tensor) -> torch.Tensor:
-        """Counts of one chunk: bin ``floor(x / w)`` (exact: ``w`` is a power of two).
-
-        The integer is read from the float's bits after adding ``2**23`` (vectorised,
-        unlike a float->int cast), then counted with ``scatter_add_``; a value equal
+        """Counts of one chunk: bin ``floor(x / w)``, exact because ``w`` is a power of two
+        (``x * (1/w)`` only shifts the exponent), counted with ``bincount``; a value equal
         to the top edge goes into the last bin, as in ``torch.histc``."""
         n = self.bins
-        k = torch.floor_divide(x.float(), self.width)    # exact; in [-n/2, n/2] or [0, n]
-        k.add_(_MAGIC + self.center)                    # exact integers in [2**23, 2**24)
-        idx = k.view(torch.int32).sub_(_MAGIC_BITS).long()
-        if self._ones.numel() < idx.numel() or self._ones.device != idx.device:
-            self._ones = torch.ones(idx.numel(), device=idx.device)
-        counts = torch.zeros(n + 1, device=idx.device)
-        counts = counts.scatter_add_(0, idx, self._ones[:idx.numel()]).cpu()
+        k = x.float() * (1.0 / self.width)              # exact; in [-n/2, n/2] or [0, n]
+        idx = k.floor_().add_(self.center).to(torch.int64)   # exact small integers
+        counts = torch.bincount(idx, minlength=n + 1).to(torch.float32).cpu()
         counts[n - 1] += counts[n]                      # the top edge belongs to the last bin
         return counts[:n]
 
