@@ -3,7 +3,6 @@ pure distillation), every user error, and QAT recovering digits accuracy that W4
 
 from __future__ import annotations
 
-import contextlib
 import copy
 
 import pytest
@@ -29,23 +28,7 @@ def w4a4(learnable: bool = True) -> Recipe:
     return Recipe((Rule(ByType(("Linear", "Conv2d")), LayerConfig(weight, act)),), "w4a4")
 
 
-@contextlib.contextmanager
-def one_thread():
-    """Results that do not depend on the machine's core count; the setting is restored."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny training loops: one thread is faster than several fighting over shared cores,
-    and the numbers then do not depend on the machine's core count."""
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # ---------------------------------------------------------------------------- toy problems
@@ -230,21 +213,20 @@ def test_qat_recovers_digits_accuracy_that_w4a4_ptq_lost(digits):
         with torch.no_grad():
             return F.cross_entropy(m(data.x_test), data.y_test).item()
 
-    with one_thread():
-        fq, _ = quantize_model(model, w4a4(), calibration_batches(data, 8, 64), convert=False)
-        ptq_acc, ptq_ce = accuracy(fq, data.x_test, data.y_test), test_ce(fq)
-        float_ce = test_ce(model)
+    fq, _ = quantize_model(model, w4a4(), calibration_batches(data, 8, 64), convert=False)
+    ptq_acc, ptq_ce = accuracy(fq, data.x_test, data.y_test), test_ce(fq)
+    float_ce = test_ce(model)
 
-        g = torch.Generator().manual_seed(0)
-        train = []
-        for _ in range(3):
-            order = torch.randperm(len(data.x_train), generator=g)
-            train += [(data.x_train[order[i:i + 64]], data.y_train[order[i:i + 64]])
-                      for i in range(0, len(order), 64)]
-        torch.manual_seed(0)
-        qat_finetune(fq, train, nn.CrossEntropyLoss(), lr=1e-3)
-        qat_acc, qat_ce = accuracy(fq, data.x_test, data.y_test), test_ce(fq)
-        real_acc = accuracy(convert(fq), data.x_test, data.y_test)
+    g = torch.Generator().manual_seed(0)
+    train = []
+    for _ in range(3):
+        order = torch.randperm(len(data.x_train), generator=g)
+        train += [(data.x_train[order[i:i + 64]], data.y_train[order[i:i + 64]])
+                  for i in range(0, len(order), 64)]
+    torch.manual_seed(0)
+    qat_finetune(fq, train, nn.CrossEntropyLoss(), lr=1e-3)
+    qat_acc, qat_ce = accuracy(fq, data.x_test, data.y_test), test_ce(fq)
+    real_acc = accuracy(convert(fq), data.x_test, data.y_test)
 
     numbers = (f"float {float_acc:.2f}% ({float_ce:.3f}), PTQ {ptq_acc:.2f}% ({ptq_ce:.3f}), "
                f"QAT {qat_acc:.2f}% ({qat_ce:.3f})")

@@ -84,17 +84,10 @@ def _per_channel_qp(shape, axis: int, scales: torch.Tensor, zeros: torch.Tensor,
 
 
 # torch.quantize_per_* warn that they are deprecated; they are still the oracle
-pytestmark = pytest.mark.filterwarnings("ignore:.*quantized tensor creation:UserWarning")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """torch.quantize_per_* open a thread pool even for 7 elements, which costs ~20 ms a call
-    on a busy 2-core machine; the oracle needs no parallelism."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# torch.quantize_per_* open a thread pool even for 7 elements (~20 ms a call on a busy
+# 2-core machine); the oracle needs no parallelism
+pytestmark = [pytest.mark.filterwarnings("ignore:.*quantized tensor creation:UserWarning"),
+              pytest.mark.usefixtures("single_thread")]
 
 # ------------------------------------------------------------------ per tensor
 
