@@ -16,3 +16,25 @@ def single_thread():
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def trained_digits():
+    """The digits CNN with the committed trained weights, its data split and float accuracy.
+
+    Training depends on the CPU's instruction set, so tests that need a trained model load
+    ``tests/fixtures/digits_cnn_seed0.safetensors`` (written by ``make_digits_cnn.py`` beside
+    it) instead of training: their numbers then depend only on inference."""
+    pytest.importorskip("sklearn", reason="the digits example needs scikit-learn")
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from lowbit.zoo.digits import DigitsCNN, accuracy, load_digits_split
+
+    path = Path(__file__).parent / "fixtures" / "digits_cnn_seed0.safetensors"
+    model = DigitsCNN()
+    model.load_state_dict(load_file(str(path)), strict=True)
+    model.eval()
+    data = load_digits_split(seed=0)
+    return model, data, accuracy(model, data.x_test, data.y_test)

@@ -178,3 +178,69 @@ def _check_dict(owner: str, data: Any, allowed: set[str]) -> dict:
 def weight_spec(qtype: QType = int8, granularity: Granularity | None = None, **kw) -> QuantSpec:
     """Convenience: a weight spec, per-channel along axis 0 unless told otherwise."""
     return QuantSpec(qtype=qtype, granularity=granularity or PerChannel(0), **kw)
+
+
+# ---------------------------------------------------------------------------- two choices of "how"
+#
+# A fake-quant module and a converted module each choose how they compute, and the two choices
+# are different things with different names: ``fq_impl`` (fake quantization) and
+# ``kernel_path`` (the converted module's kernel).  Both are validated here and nowhere else.
+
+#: How a fake-quant module computes: lowbit's own autograd, or PyTorch's fused fake-quant ops
+#: (falling back to the reference where they have no kernel, and recording why).
+FQ_IMPLS = ("reference", "fused")
+
+#: Which kernel a converted module runs: ``auto`` chooses per input size and records why; the
+#: others force one path for every size: ``integer`` (PyTorch's integer kernels), ``dense``
+#: (dequantize once, float GEMM) or ``reference`` (dequantize every call: bit-identical to
+#: fake quantization).
+KERNEL_PATHS = ("auto", "integer", "dense", "reference")
+
+#: Older spellings, accepted only at the edges (the ``--quant_backend`` flag, the deprecated
+#: ``backend=`` keyword, checkpoints and records written before the split).
+LEGACY_FQ_IMPLS = {"python": "reference", "cpp": "fused", "native": "fused",
+                   "reference": "reference"}
+LEGACY_KERNEL_PATHS = {"native": "integer"}
+
+
+def check_fq_impl(value: Any) -> str:
+    """``value`` if it is one of :data:`FQ_IMPLS`, else :class:`ConfigError`."""
+    if value not in FQ_IMPLS:
+        hint = (f"; {value!r} is the old name of {LEGACY_FQ_IMPLS[value]!r}"
+                if isinstance(value, str) and value in LEGACY_FQ_IMPLS else "")
+        raise ConfigError("fq_impl", value, f"one of {FQ_IMPLS}",
+                          fix="'reference' (lowbit's autograd) or 'fused' (PyTorch's fused "
+                              f"fake-quant ops){hint}")
+    return value
+
+
+def check_kernel_path(value: Any) -> str:
+    """``value`` if it is one of :data:`KERNEL_PATHS`, else :class:`ConfigError`."""
+    if value not in KERNEL_PATHS:
+        hint = (f"; {value!r} is the old name of {LEGACY_KERNEL_PATHS[value]!r}"
+                if isinstance(value, str) and value in LEGACY_KERNEL_PATHS else "")
+        raise ConfigError("kernel_path", value, f"one of {KERNEL_PATHS}",
+                          fix="'auto' chooses per input size and records why; force "
+                              "'integer' (integer kernels), 'dense' (float GEMM) or "
+                              f"'reference' (bit-identical to fake quantization){hint}")
+    return value
+
+
+def fq_impl_from_legacy(value: Any, field: str = "backend") -> str:
+    """The ``fq_impl`` an old spelling (``python``/``cpp``/``native``/``reference``) names."""
+    if value in FQ_IMPLS:
+        return value
+    if value not in LEGACY_FQ_IMPLS:
+        raise ConfigError(field, value, f"one of {tuple(LEGACY_FQ_IMPLS)} or {FQ_IMPLS}",
+                          fix="use fq_impl='reference' or fq_impl='fused'")
+    return LEGACY_FQ_IMPLS[value]
+
+
+def resolve_fq_impl(fq_impl: Any, backend: Any = None) -> str:
+    """The ``fq_impl`` a call asks for, honouring the deprecated ``backend=`` keyword."""
+    if backend is None:
+        return check_fq_impl(fq_impl)
+    import warnings
+    warnings.warn("the 'backend' keyword is deprecated: use fq_impl='reference' or "
+                  "fq_impl='fused' (the old 'native')", DeprecationWarning, stacklevel=3)
+    return fq_impl_from_legacy(backend)

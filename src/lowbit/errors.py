@@ -43,7 +43,7 @@ class CheckpointError(LowbitError, ValueError):
 
 
 class KernelUnavailableError(LowbitError, RuntimeError):
-    """A kernel backend was requested by name but cannot run here."""
+    """A kernel path was requested by name but cannot run here."""
 
 
 class ExportError(LowbitError, RuntimeError):

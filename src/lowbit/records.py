@@ -18,9 +18,12 @@ class LayerRecord:
 
     name: qualified module name. module_type: class name of the float module.
     action: one of :data:`ACTIONS`. reason: a sentence a person can read.
-    config: the LayerConfig as a dict (None when float). backend/kernel: the
-    kernel chosen for it and why (``kernel_reason``). metrics: numbers such as
-    ``sqnr_db`` or ``sat_ratio`` gathered along the way.
+    config: the LayerConfig as a dict (None when float).
+    fq_impl: how its fake quantization computes (``reference`` or ``fused``), and
+    ``fq_fallback``: why a quantizer ran the reference instead of the fused op (None if none).
+    kernel_path: the path(s) its converted module runs (``integer``, ``dense``,
+    ``reference``, ``integer+dense``), ``kernel``: what runs, ``kernel_reason``: why.
+    metrics: numbers such as ``sqnr_db`` or ``sat_ratio`` gathered along the way.
     """
 
     name: str
@@ -28,7 +31,9 @@ class LayerRecord:
     action: str
     reason: str = ""
     config: dict | None = None
-    backend: str | None = None
+    fq_impl: str | None = None
+    fq_fallback: str | None = None
+    kernel_path: str | None = None
     kernel: str | None = None
     kernel_reason: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -41,4 +46,29 @@ class LayerRecord:
 
     @classmethod
     def from_dict(cls, data: dict) -> "LayerRecord":
-        return cls(**data)
+        """A record from :meth:`to_dict`'s output, including records written before
+        ``fq_impl`` and ``kernel_path`` were split out of one ``backend`` field."""
+        return cls(**upgrade_record_dict(data))
+
+
+def _split_backend(backend: str | None, kernel: str | None) -> dict:
+    """Old records had one ``backend`` field: the fake-quant one (``reference``/``native``)
+    until convert overwrote it with the kernel's (``native+dense``-style, with ``kernel``
+    set).  The fake-quant fallback reason, if any, was lost in ``kernel_reason`` then."""
+    if backend is None:
+        return {}
+    if kernel is not None:  # written by convert: the kernel's path(s)
+        paths = [{"native": "integer"}.get(p, p) for p in backend.split("+")]
+        return {"kernel_path": "+".join(paths)}
+    return {"fq_impl": {"native": "fused"}.get(backend, backend)}
+
+
+def upgrade_record_dict(data: dict) -> dict:
+    """``data`` with a pre-split ``backend`` field replaced by the fields it meant."""
+    data = dict(data)
+    if "backend" in data:
+        kernel = data.get("kernel")
+        if kernel is None and data.get("kernel_reason"):  # a fake-quant fallback reason
+            data["fq_fallback"] = data.pop("kernel_reason")
+        data.update(_split_backend(data.pop("backend"), kernel))
+    return data

@@ -14,7 +14,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # for fixtures_models 
 from fixtures_models import assert_one_line_error, cli_env, run_cli  # noqa: E402,F401
 
 from lowbit.cli import examples  # noqa: E402
-from lowbit.cli.flags import (BACKENDS, FlagError, check_flags, recipe_from_args,  # noqa: E402
+from lowbit.cli.flags import (QUANT_BACKENDS, FlagError, check_flags, recipe_from_args,  # noqa: E402
                               with_calib_method)
 from lowbit.errors import ConfigError  # noqa: E402
 from lowbit.presets import preset  # noqa: E402
@@ -127,7 +127,7 @@ def test_role_flags_build_the_recipe_they_describe():
     assert configs["proj"] is None and configs["block"] is None, "only --q_head is chosen"
     assert configs["head"].weight.qtype.bits == 6 and configs["head"].act.qtype.bits == 6
     assert configs["head"].act.method == "percentile:99", "--calib_method sets the act method"
-    assert BACKENDS == {"python": "reference", "cpp": "native"}
+    assert QUANT_BACKENDS == {"python": "reference", "cpp": "fused"}
 
 
 def test_with_calib_method_changes_only_calibrated_activations():

@@ -1,4 +1,4 @@
-"""``lowbit quantize``: presets, recipe files, role flags, fixed88, backends, model SPECs."""
+"""``lowbit quantize``: presets, recipe files, role flags, fixed88, --quant_backend, model SPECs."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def test_preset_writes_checkpoints_records_and_a_summary(tmp_path, capsys, digit
     example, x_test = digits
     summary, records, out = quantize(capsys, tmp_path, "--recipe", "w8a8-static",
                                      "--quant_calib_batches", "2")
-    assert summary["recipe"] == "w8a8-static" and summary["backend"] == "reference"
+    assert summary["recipe"] == "w8a8-static" and summary["fq_impl"] == "reference"
     assert summary["calib_batches"] == 2 and summary["metric"] == "accuracy_pct"
     assert actions(records) == dict.fromkeys(DIGITS_LAYERS, "quantized")
     assert summary["float"] - summary["quantized"] <= 0.5, \
@@ -153,9 +153,9 @@ def test_cpp_backend_equals_python_on_int8(tmp_path, capsys, digits):
     for backend in ("python", "cpp"):
         summary, records, _ = quantize(capsys, tmp_path / backend, "--recipe", "w8a8-static",
                                        "--quant_backend", backend, "--quant_calib_batches", "2")
-        expected = {"python": "reference", "cpp": "native"}[backend]
-        assert summary["backend"] == expected
-        assert {r["backend"] for r in records.values()} == {expected}
+        expected = {"python": "reference", "cpp": "fused"}[backend]
+        assert summary["fq_impl"] == expected
+        assert {r["fq_impl"] for r in records.values()} == {expected}
         with torch.no_grad():
             outs[backend] = {stage: load_into(tmp_path / backend / stage, example.model)(x_test)
                              for stage in ("calibrated", "quantized")}

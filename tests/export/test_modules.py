@@ -40,7 +40,7 @@ def test_rewrite_replaces_every_lowbit_layer_and_records_how(tiny_mlp):
     assert isinstance(root.emb, ExportEmbedding)
     assert isinstance(root.fc1, ExportLinear) and isinstance(root.fc2, ExportLinear)
     assert [r.name for r in records] == ["emb", "fc1", "fc2"]
-    assert all(r.action == "quantized" and r.backend == "onnx" for r in records)
+    assert all(r.action == "quantized" and r.kernel_path == "onnx" for r in records)
     assert records[1].kernel == ("weight: DequantizeLinear INT8 per axis 1; act: "
                                  "QuantizeLinear/DequantizeLinear INT8 per tensor")
     assert records[0].kernel == "weight: DequantizeLinear INT8 per axis 0; act: float"

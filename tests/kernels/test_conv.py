@@ -18,34 +18,34 @@ GEOMETRIES = {  # name -> (O, I, kh, kw, stride, padding, dilation, groups)
 }
 
 
-def _conv(qweight, geo, qtype=int8, gran=PerChannel(0), act=None, backend="auto"):
+def _conv(qweight, geo, qtype=int8, gran=PerChannel(0), act=None, path="auto"):
     o, i, kh, kw, stride, pad, dil, groups = GEOMETRIES[geo]
     torch.manual_seed(0)
     w, b = torch.randn(o, i // groups, kh, kw), torch.randn(o)
     args = qweight(w.reshape(o, -1), qtype, gran)
     conv = prepare_conv2d(*args, tuple(w.shape), stride=stride, padding=pad, dilation=dil,
-                          groups=groups, act=act, backend=backend)
+                          groups=groups, act=act, path=path)
     return w, b, conv, (stride, pad, dil, groups)
 
 
 @pytest.mark.parametrize("geo", list(GEOMETRIES))
 @pytest.mark.parametrize("act", [None, "dynamic_int8_tensor"])
-@pytest.mark.parametrize("backend", ["auto", "native", "dense"])
-def test_every_path_stays_within_the_quantization_error(qweight, relerr, geo, act, backend):
-    w, b, conv, geometry = _conv(qweight, geo, act=act, backend=backend)
-    ref = _conv(qweight, geo, act=act, backend="reference")[2]
+@pytest.mark.parametrize("path", ["auto", "integer", "dense"])
+def test_every_path_stays_within_the_quantization_error(qweight, relerr, geo, act, path):
+    w, b, conv, geometry = _conv(qweight, geo, act=act, path=path)
+    ref = _conv(qweight, geo, act=act, path="reference")[2]
     x = torch.randn(2, w.shape[1] * geometry[3], 9, 9)
     want = ref(x, b)
     quant_err = relerr(want, F.conv2d(x, w, b, *geometry))
     got = conv(x, b)
     assert got.shape == want.shape and got.dtype == x.dtype
-    assert relerr(got, want) <= 1.5 * quant_err, (geo, act, backend, conv.kernel)
-    if act and backend == "native":  # int8 codes x int8 weights: exact products and sums,
+    assert relerr(got, want) <= 1.5 * quant_err, (geo, act, path, conv.kernel)
+    if act and path == "integer":  # int8 codes x int8 weights: exact products and sums,
         assert relerr(got, want) <= 2.0 ** -9  # at most a bfloat16 rounding of the output
 
 
 def test_reference_is_conv_of_fake_quant_input_and_dequantized_weight(qweight):
-    w, b, conv, geometry = _conv(qweight, "3x3", act="dynamic_int8_tensor", backend="reference")
+    w, b, conv, geometry = _conv(qweight, "3x3", act="dynamic_int8_tensor", path="reference")
     x = torch.randn(2, 16, 9, 9)
     x_hat = ActQuantizer.for_tensor(x).reference(x.reshape(1, -1)).reshape(x.shape)
     w_hat = conv.cw.weight.dequantize().reshape(w.shape)
@@ -61,12 +61,12 @@ def test_pointwise_conv_runs_as_a_linear_layer(qweight):
     assert general.linear is None and "conv2d" in general.plan.op
 
 
-def test_general_conv_native_is_im2col_and_auto_records_its_choice(qweight):
-    _, _, native, _ = _conv(qweight, "3x3-s2-d2-g2", backend="native")
-    assert native.kernel.startswith("im2col+native") and native.backend == "native"
+def test_general_conv_integer_is_im2col_and_auto_records_its_choice(qweight):
+    _, _, native, _ = _conv(qweight, "3x3-s2-d2-g2", path="integer")
+    assert native.kernel.startswith("im2col+integer") and native.path == "integer"
     _, _, auto, _ = _conv(qweight, "3x3")
     assert auto.reason and auto.kernel, "the choice and its reason are recorded"
-    assert auto.record_fields() == {"backend": auto.backend, "kernel": auto.kernel,
+    assert auto.record_fields() == {"kernel_path": auto.path, "kernel": auto.kernel,
                                     "kernel_reason": auto.reason}
 
 
@@ -74,9 +74,9 @@ def test_conv1d_is_a_conv2d_of_height_one(qweight, relerr):
     torch.manual_seed(0)
     w, x = torch.randn(16, 8, 3), torch.randn(2, 8, 20)
     conv = prepare_conv1d(*qweight(w.reshape(16, -1), int8, PerChannel(0)), (16, 8, 3),
-                          padding=1, stride=2, backend="native")
+                          padding=1, stride=2, path="integer")
     ref = prepare_conv1d(*qweight(w.reshape(16, -1), int8, PerChannel(0)), (16, 8, 3),
-                         padding=1, stride=2, backend="reference")
+                         padding=1, stride=2, path="reference")
     assert relerr(conv(x), ref(x)) <= 1.5 * relerr(ref(x), F.conv1d(x, w, padding=1, stride=2))
     with pytest.raises(InputError, match=r"\[N, C, L\]"):
         conv(torch.randn(2, 8))

@@ -11,7 +11,7 @@ from lowbit.kernels.registry import find
 from lowbit.kernels.weights import quant_weight
 from lowbit.types import PerChannel, PerGroup, Scheme, int2, int3, int4, int8, uint4
 
-W4 = find("linear.w4", "native", "cpu")
+W4 = find("linear.w4", "integer", "cpu")
 REF = find("linear.w4", "reference", "cpu")
 
 

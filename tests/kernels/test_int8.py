@@ -13,9 +13,9 @@ from lowbit.kernels.registry import find
 from lowbit.kernels.weights import quant_weight
 from lowbit.types import PerChannel, PerGroup, Scheme, int4, int8, uint8
 
-W8A8 = find("linear.w8a8", "native", "cpu", "aten._int_mm")
-A8_CODES = find("linear.w8a8", "native", "cpu", "aten._weight_int8pack_mm(a8 codes)")
-W8 = find("linear.w8", "native", "cpu")
+W8A8 = find("linear.w8a8", "integer", "cpu", "aten._int_mm")
+A8_CODES = find("linear.w8a8", "integer", "cpu", "aten._weight_int8pack_mm(a8 codes)")
+W8 = find("linear.w8", "integer", "cpu")
 REF_A8 = find("linear.w8a8", "reference", "cpu")
 REF_W8 = find("linear.w8", "reference", "cpu")
 

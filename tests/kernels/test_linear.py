@@ -20,37 +20,37 @@ FORMATS = {
 }
 
 
-def _layer(qweight, fmt, backend="auto", n=32, k=256):
+def _layer(qweight, fmt, path="auto", n=32, k=256):
     qtype, gran, scheme, act = FORMATS[fmt]
     torch.manual_seed(0)
     w, b = torch.randn(n, k), torch.randn(n)
-    return w, b, prepare_linear(*qweight(w, qtype, gran, scheme), act=act, backend=backend)
+    return w, b, prepare_linear(*qweight(w, qtype, gran, scheme), act=act, path=path)
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
-@pytest.mark.parametrize("backend", ["auto", "native", "dense", "reference"])
+@pytest.mark.parametrize("path", ["auto", "integer", "dense", "reference"])
 def test_every_path_and_row_count_stays_within_the_quantization_error(qweight, relerr, fmt,
-                                                                      backend):
-    w, b, lin = _layer(qweight, fmt, backend)
+                                                                      path):
+    w, b, lin = _layer(qweight, fmt, path)
     ref_lin = _layer(qweight, fmt, "reference")[2]
     for m in (1, 5, 40):  # on both sides of every table threshold used here
         x = torch.randn(m, 256)
         ref = ref_lin(x, b)
         quant_err = relerr(ref, F.linear(x, w, b))
         got = lin(x, b)
-        assert relerr(got, ref) <= 1.5 * quant_err, (fmt, backend, m, lin.last.describe())
+        assert relerr(got, ref) <= 1.5 * quant_err, (fmt, path, m, lin.last.describe())
 
 
 def test_auto_uses_both_sides_of_its_plan(qweight, monkeypatch):
     monkeypatch.setattr(dispatch, "machine", lambda device: "cpu.test")
     monkeypatch.setitem(dispatch.TABLE, ("cpu.test", "linear.w4"),
-                        ((8, "native", "bf16"), (None, "dense", "f32")))
+                        ((8, "integer", "bf16"), (None, "dense", "f32")))
     _, b, lin = _layer(qweight, "w4-g128")
     lin(torch.randn(2, 3, 256), b)  # 6 rows
-    assert lin.last.backend == "native"
+    assert lin.last.path == "integer"
     lin(torch.randn(9, 256), b)
-    assert lin.last.backend == "dense"
-    assert lin.backend == "native+dense"
+    assert lin.last.path == "dense"
+    assert lin.path == "integer+dense"
     assert "rows 0-7" in lin.kernel and "rows>=8" in lin.kernel
 
 
@@ -67,19 +67,19 @@ def test_shapes_and_output_dtype_follow_the_input(qweight, dtype):
 def test_the_record_fields_say_what_ran_and_why(qweight, monkeypatch):
     _, _, lin = _layer(qweight, "w4-g128")
     record = LayerRecord("fc", "Linear", "quantized", **lin.record_fields())
-    assert (record.backend, record.kernel, record.kernel_reason) == (lin.backend, lin.kernel,
+    assert (record.kernel_path, record.kernel, record.kernel_reason) == (lin.path, lin.kernel,
                                                                      lin.reason)
-    assert record.kernel and record.kernel_reason and record.backend
+    assert record.kernel and record.kernel_reason and record.kernel_path
     assert not lin.fallback
     monkeypatch.setattr(dispatch, "machine", lambda device: "cpu.test")
-    monkeypatch.setitem(dispatch.TABLE, ("cpu.test", "linear.w4"), ((8, "native", "bf16"),
+    monkeypatch.setitem(dispatch.TABLE, ("cpu.test", "linear.w4"), ((8, "integer", "bf16"),
                                                                    (None, "dense", "f32")))
     _, _, odd = _layer(qweight, "w4-g128", n=24)  # N % 16: the int4 kernel cannot run
     assert odd.fallback and "fallback" in odd.reason and "N a multiple of 16" in odd.reason
 
 
 def test_memory_reports_stored_and_built_bytes(qweight):
-    _, b, lin = _layer(qweight, "w4-g128", backend="dense", n=256, k=1024)
+    _, b, lin = _layer(qweight, "w4-g128", path="dense", n=256, k=1024)
     mem = lin.memory()
     assert mem == {"stored": 256 * 512 + 2 * 256 * 8 * 4, "extra": 0}, "dense is built lazily"
     assert mem["stored"] <= 0.16 * 256 * 1024 * 4, "int4-g128 with scales <= 0.16x float32"
@@ -88,8 +88,8 @@ def test_memory_reports_stored_and_built_bytes(qweight):
 
 
 def test_forcing_an_unavailable_backend_raises(qweight):
-    with pytest.raises(KernelUnavailableError, match=r"backend='native' is unavailable"):
-        _layer(qweight, "w4-g128", backend="native", n=24)
+    with pytest.raises(KernelUnavailableError, match=r"path='integer' is unavailable"):
+        _layer(qweight, "w4-g128", path="integer", n=24)
 
 
 def test_bad_inputs_are_named(qweight):
@@ -110,15 +110,15 @@ def test_bad_arguments_are_named(qweight):
         prepare_linear(*args, act="per_token")
     with pytest.raises(ConfigError, match=r"act_impl='jit'"):
         prepare_linear(*args, act_impl="jit")
-    with pytest.raises(ConfigError, match=r"backend='int8'.*'auto'"):
-        prepare_linear(*args, backend="int8")
+    with pytest.raises(ConfigError, match=r"path='int8'.*'auto'"):
+        prepare_linear(*args, path="int8")
 
 
 def test_keep_dense_false_holds_no_float_weight(qweight, relerr):
-    _, b, lin = _layer(qweight, "w8", backend="dense")
+    _, b, lin = _layer(qweight, "w8", path="dense")
     args = qweight(torch.randn(8, 64), int8, PerChannel(0))
-    lean = prepare_linear(*args, backend="dense", keep_dense=False)
-    kept = prepare_linear(*args, backend="dense")
+    lean = prepare_linear(*args, path="dense", keep_dense=False)
+    kept = prepare_linear(*args, path="dense")
     x = torch.randn(3, 64)
     assert torch.equal(lean(x), kept(x)), "same arithmetic, only the caching differs"
     assert lean.memory()["extra"] == 0 and kept.memory()["extra"] == 8 * 64 * 4

@@ -10,13 +10,13 @@ from lowbit.kernels.registry import KernelImpl, registered
 
 
 def test_every_cpu_native_kernel_passes_its_probe():
-    for (op, backend, device, _), impl in registered().items():
-        if backend == "native" and device == "cpu":
+    for (op, path, device, _), impl in registered().items():
+        if path == "integer" and device == "cpu":
             assert probe(impl, "cpu") is None, f"{impl.name} ({op}) failed its probe"
 
 
 def _fake(name, run):
-    return KernelImpl(name, "linear.w8", "native", "cpu", lambda w, dt: w, run,
+    return KernelImpl(name, "linear.w8", "integer", "cpu", lambda w, dt: w, run,
                       extra={"probe": ("int8", None, None)})
 
 

@@ -27,21 +27,21 @@ def test_every_op_has_its_slow_twin_and_a_dense_path():
         ref = find(op, "reference", "cpu")
         assert ref is not None and ref.device == "any", f"{op} has no reference"
         assert find(op, "dense", torch.device("cuda")) is not None, f"{op} has no dense path"
-    natives = [key for key in registry.registered() if key[1] == "native"]
-    assert {key[0] for key in natives} >= {"linear.w8a8", "linear.w8", "linear.w4"}
-    for op, _, device, _ in natives:
+    integers = [key for key in registry.registered() if key[1] == "integer"]
+    assert {key[0] for key in integers} >= {"linear.w8a8", "linear.w8", "linear.w4"}
+    for op, _, device, _ in integers:
         twin = find(op, "reference", "cpu" if device == "any" else device)
-        assert twin is not None, f"native {op} lacks a reference twin"
+        assert twin is not None, f"integer {op} lacks a reference twin"
 
 
 def test_find_prefers_the_device_entry_and_register_adds_one(monkeypatch, qweight):
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    assert find("linear.w8", "native", "cpu").name == "aten._weight_int8pack_mm"
-    assert find("linear.w16", "native", "cpu") is None, "no integer kernel for 16-bit weights"
-    impl = KernelImpl("mine", "linear.w16", "native", "cpu", lambda w, dt: w,
+    assert find("linear.w8", "integer", "cpu").name == "aten._weight_int8pack_mm"
+    assert find("linear.w16", "integer", "cpu") is None, "no integer kernel for 16-bit weights"
+    impl = KernelImpl("mine", "linear.w16", "integer", "cpu", lambda w, dt: w,
                       lambda st, x, b, a: x)
     register(impl)
-    assert find("linear.w16", "native", torch.device("cpu")) is impl
-    assert find("linear.w16", "native", "cuda") is None, "registered for cpu only"
+    assert find("linear.w16", "integer", torch.device("cpu")) is impl
+    assert find("linear.w16", "integer", "cuda") is None, "registered for cpu only"
     w = quant_weight(*qweight(torch.randn(4, 64), int16, PerGroup(32, 1)))
     assert linear_op(w, None) == "linear.w16"

@@ -15,7 +15,7 @@ from lowbit.model.convert import convert
 from lowbit.model.prepare import calibrate, lowbit_state, prepare, quant_modules
 from lowbit.model.qat import qat_finetune
 from lowbit.nn.qat import QuantLinear
-from lowbit.nn.quantized import QuantizedLinear, QuantizedModule, set_kernel_backend
+from lowbit.nn.quantized import QuantizedLinear, QuantizedModule, set_kernel_path
 from lowbit.presets import QC_MODES, QuantizationConfig, recipe_from_flags
 
 
@@ -76,10 +76,10 @@ def test_convert_false_keeps_the_calibrated_fake_quant_model(mlp):
     fq, _ = quantize_model(mlp, "w8a8-static", xs(3), convert=False)
     assert type(fq[0]) is QuantLinear and lowbit_state(fq).calibrated
     x = xs(1, seed=5)[0]
-    # kernel_backend 'auto' (the default) may round through bfloat16 kernels; 'reference' is
+    # kernel path 'auto' (the default) may round through bfloat16 kernels; 'reference' is
     # the exact fake-quant arithmetic this test holds to equality (tests/nn/test_kernel_dispatch.py
     # holds the kernels to their tolerance)
-    assert torch.equal(set_kernel_backend(convert(fq), "reference")(x), fq(x))
+    assert torch.equal(set_kernel_path(convert(fq), "reference")(x), fq(x))
 
 
 def test_tuple_dict_and_tensor_batches_follow_the_convention():
@@ -161,13 +161,13 @@ def test_calibration_data_of_the_wrong_kind(mlp):
         quantize_model(mlp, "w8a8-static", torch.randn(5, 4))
 
 
-def test_native_equals_reference_for_int8_presets(mlp):
+def test_fused_equals_reference_for_int8_presets(mlp):
     data, probe = xs(3), xs(1, seed=9)[0]
     for preset in ("w8a8", "w8a8-static", "w8a16"):
         ref, _ = quantize_model(mlp, preset, data)
-        nat, rec = quantize_model(mlp, preset, data, backend="native")
-        # records carry the kernel chosen at convert (backend/kernel/kernel_reason); the
-        # fake-quant backend is the one of the prepared model
+        nat, rec = quantize_model(mlp, preset, data, fq_impl="fused")
+        # records carry the kernel chosen at convert (kernel_path/kernel/kernel_reason) and
+        # the fake-quant fq_impl of the prepared model
         assert all(r.kernel for r in rec)
         assert torch.equal(ref(probe), nat(probe)), preset
 
@@ -186,10 +186,10 @@ def test_pipeline_calibrates_on_x_of_x_y_batches_and_converts(mlp):
     fq = pipe.calibrate(loader(6), num_batches=4)
     assert set(n_observed(fq).values()) == {4}, "num_batches bounds the batches observed"
     q = pipe.convert()
-    # kernel_backend 'auto' (the default) may round through bfloat16 kernels; 'reference' is
+    # kernel path 'auto' (the default) may round through bfloat16 kernels; 'reference' is
     # the exact fake-quant arithmetic this test holds to equality (tests/nn/test_kernel_dispatch.py
     # holds the kernels to their tolerance)
-    set_kernel_backend(q, "reference")
+    set_kernel_path(q, "reference")
     assert isinstance(q[0], QuantizedModule) and type(pipe.model[0]) is QuantLinear
     assert [r.name for r in pipe.records] == ["0", "2"]
     x = loader(1, seed=3)[0][0]
@@ -252,10 +252,10 @@ def test_quantization_config_modes_run_end_to_end():
             qat_finetune(fq, train, nn.CrossEntropyLoss(), epochs=1, lr=1e-3)
             assert not torch.equal(before, fq[0].weight), f"{mode}: QAT trains the weights"
         q = convert(fq)
-        # kernel_backend 'auto' (the default) may round through bfloat16 kernels; 'reference' is
+        # kernel path 'auto' (the default) may round through bfloat16 kernels; 'reference' is
         # the exact fake-quant arithmetic this test holds to equality (tests/nn/test_kernel_dispatch.py
         # holds the kernels to their tolerance)
-        set_kernel_backend(q, "reference")
+        set_kernel_path(q, "reference")
         assert q[0].qtype.bits == config.bits
         assert q[0].packed == (config.bits == 4), mode
         with torch.no_grad():

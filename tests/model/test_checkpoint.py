@@ -83,10 +83,10 @@ def test_calibrated_fake_quant_round_trip_is_bit_identical_with_a_complete_manif
     manifest = json.loads((tmp_path / "ckpt" / MANIFEST).read_text())
     weights = tmp_path / "ckpt" / manifest["weights_file"]
     sha = hashlib.sha256(weights.read_bytes()).hexdigest()
-    assert manifest["format"] == "lowbit-checkpoint" and manifest["format_version"] == 1
+    assert manifest["format"] == "lowbit-checkpoint" and manifest["format_version"] == FORMAT_VERSION == 2
     assert manifest["weights_file"] == f"weights-{sha[:16]}.safetensors", "name from content hash"
     assert (manifest["weights_sha256"], manifest["weights_bytes"]) == (sha, weights.stat().st_size)
-    assert manifest["stage"] == "calibrated" and manifest["backend"] == "reference"
+    assert manifest["stage"] == "calibrated" and manifest["fq_impl"] == "reference"
     assert manifest["recipe"] == lowbit_state(model).recipe.to_dict()
     assert set(manifest["layers"]) == {"0", "2"}
     assert manifest["layers"]["0"]["kind"] == "qat"
@@ -520,7 +520,7 @@ def _foreign_observer(m):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda m: m.update(backend="cuda"), r"backend='cuda' is invalid: allowed one of"),
+    (lambda m: m.update(fq_impl="cuda"), r"fq_impl='cuda' is invalid: allowed one of"),
     (lambda m: m.update(layers=[]), r"layers=\[\] is invalid: allowed a dict"),
     (lambda m: m.update(records={}), r"records=\{\} is invalid: allowed a list"),
     (_break_layer_kind, r"layers\['0'\]=.* is invalid: allowed"),
@@ -530,7 +530,7 @@ def _foreign_observer(m):
     (_break_recipe, r"recipe or records are invalid"),
     (_break_observer, r"observer state for '0.act_quantizer' \(method 'mse'\) has no matching"),
     (_foreign_observer, r"observer state for '9.act_quantizer' .* has no matching"),
-], ids=["backend", "layers", "records", "layer-kind", "layer-config", "quantized-no-weight",
+], ids=["fq_impl", "layers", "records", "layer-kind", "layer-config", "quantized-no-weight",
         "record", "recipe", "observer-method", "observer-path"])
 def test_invalid_manifest_contents_are_rejected_naming_the_file(saved, edit, message):
     manifest = _manifest(saved)
@@ -606,7 +606,7 @@ def test_a_fixed88_legacy_checkpoint_on_the_cpp_backend_loads_and_converts(tmp_p
 
     legacy = _v0(tmp_path, dict(BASE_V0, quant_mode="fixed88", quant_backend="cpp"), None, q88)
     model = load(legacy, legacy_model.LegacyNet())
-    assert lowbit_state(model).backend == "native", "cpp was the native backend"
+    assert lowbit_state(model).fq_impl == "fused", "cpp meant PyTorch's fused fake-quant ops"
     assert model.proj.weight_quantizer.scale.shape == (1, 1), "one Q8.8 scale per tensor"
     assert model.proj.weight_quantizer.scale.item() == 1 / 256
     x = legacy_model.example_input(seed=2)
@@ -625,3 +625,45 @@ def test_a_role_based_recipe_keeps_its_layers_and_roles_without_reselection(tmp_
     assert lowbit_state(loaded).roles.roles == lowbit_state(model).roles.roles == \
         legacy_model.ROLES, "roles come back as found by execution order"
     assert _same_output(model, loaded, x)
+
+
+# ------------------------------------------------- format v1: one "backend" field for two things
+
+pre_split = _module_from(FIXTURES / "make_pre_split.py")
+
+
+@pytest.mark.parametrize("stage", ["calibrated", "quantized"])
+def test_a_v1_checkpoint_written_before_the_backend_split_loads(stage):
+    """The committed v1 checkpoints were saved with ``backend="native"`` (fused fake-quant);
+    they load as ``fq_impl="fused"``, with records split into fq_impl / kernel_path."""
+    folder, maker = FIXTURES / "pre_split", pre_split
+    manifest, _ = read_checkpoint(folder / stage)
+    assert manifest["migrated_from"] == 1 and manifest["fq_impl"] == "fused"
+    assert "backend" not in manifest
+    model = load(folder / stage, maker.small_mlp())
+    state = lowbit_state(model)
+    assert state.fq_impl == "fused"
+    x = maker.calib_batches()[0]
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == (8, 32) and torch.isfinite(y).all()
+    if stage == "calibrated":  # the same model, calibrated now, computes the same outputs
+        again = prepare(maker.small_mlp(), "w8a8-static", fq_impl="fused")
+        with calibrate(again):
+            for batch in maker.calib_batches():
+                again(batch)
+        assert _same_output(model, again, x)
+    for record in state.records:
+        if stage == "calibrated":
+            assert record.fq_impl == "fused" and record.kernel_path is None
+        else:
+            assert record.kernel_path == "dense" and record.kernel is not None
+
+
+def test_the_deprecated_backend_keyword_still_prepares():
+    with pytest.warns(DeprecationWarning, match="fq_impl"):
+        fq = prepare(_mlp(), "w8a8", backend="native")
+    assert lowbit_state(fq).fq_impl == "fused"
+    with pytest.raises(ConfigError, match="backend='gpu' is invalid"):
+        with pytest.warns(DeprecationWarning):
+            prepare(_mlp(), "w8a8", backend="gpu")

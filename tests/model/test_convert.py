@@ -14,7 +14,7 @@ from lowbit.model.convert import convert
 from lowbit.model.prepare import calibrate, lowbit_state, prepare, quant_modules
 from lowbit.nn.qat import QuantLinear
 from lowbit.nn.quantized import (QuantizedConv1d, QuantizedConv2d, QuantizedEmbedding,
-                                 QuantizedLinear, QuantizedModule, set_kernel_backend)
+                                 QuantizedLinear, QuantizedModule, set_kernel_path)
 from lowbit.recipe import ByType, Recipe, Rule
 from lowbit.types import PerChannel, PerTensor, Scheme, int4, int8
 
@@ -51,8 +51,8 @@ def mixed() -> Mixed:
     return Mixed().eval()
 
 
-def calibrated(model, recipe, backend="reference"):
-    fq = prepare(model, recipe, backend=backend)
+def calibrated(model, recipe, fq_impl="reference"):
+    fq = prepare(model, recipe, fq_impl=fq_impl)
     with calibrate(fq):
         for seed in (1, 2):
             fq(*batch(seed))
@@ -70,10 +70,10 @@ def test_converted_output_is_bit_identical_to_the_fake_quant_model(mixed, preset
     """The issue allows 1e-5 relative; the maths is the same arithmetic, so equality holds."""
     fq = calibrated(mixed, preset)
     q = convert(fq)
-    # kernel_backend 'auto' (the default) may round through bfloat16 kernels; 'reference' is
+    # kernel path 'auto' (the default) may round through bfloat16 kernels; 'reference' is
     # the exact fake-quant arithmetic this test holds to equality (tests/nn/test_kernel_dispatch.py
     # holds the kernels to their tolerance)
-    set_kernel_backend(q, "reference")
+    set_kernel_path(q, "reference")
     converted = {n for n, m in q.named_modules() if isinstance(m, QuantizedModule)}
     assert converted == {n for n, m in quant_modules(fq) if m.weight_quantizer is not None}
     assert converted, f"{preset} converts at least one layer of this model"
@@ -108,15 +108,15 @@ def test_records_get_storage_and_kernel_after_convert(mixed):
     rec = lowbit_state(q).record("fc")
     assert rec.metrics["weight_bytes"] == q.fc.nbytes()
     # convert copies the module's kernel choice into the record
-    assert rec.backend == q.fc.backend and rec.kernel == q.fc.kernel
+    assert rec.kernel_path == q.fc.kernel_path and rec.kernel == q.fc.kernel
     assert rec.kernel_reason == q.fc.kernel_reason and rec.kernel_reason
 
 
-def test_native_backend_converts_to_the_same_outputs(mixed):
+def test_fused_fake_quant_converts_to_the_same_outputs(mixed):
     probe = batch(5)
     for preset in ("w8a8", "w8a8-static"):
         ref = convert(calibrated(mixed, preset))
-        nat = convert(calibrated(mixed, preset, backend="native"))
+        nat = convert(calibrated(mixed, preset, fq_impl="fused"))
         with torch.no_grad():
             assert torch.equal(ref(*probe), nat(*probe)), preset
 

@@ -130,8 +130,10 @@ def test_a_recipe_selects_only_its_layers(zoo):
 def test_prepare_errors(zoo):
     with pytest.raises(ConfigError, match="model.*torch.nn.Module"):
         prepare("not a model", "w8a8")
-    with pytest.raises(ConfigError, match="backend.*'reference'"):
-        prepare(zoo, "w8a8", backend="cuda")
+    with pytest.raises(ConfigError, match="fq_impl='cuda' is invalid.*'reference'"):
+        prepare(zoo, "w8a8", fq_impl="cuda")
+    with pytest.raises(ConfigError, match="fq_impl='native'.*old name of 'fused'"):
+        prepare(zoo, "w8a8", fq_impl="native")
     with pytest.raises(ConfigError, match="recipe.*preset"):
         prepare(zoo, "w9a9")
     fq = prepare(zoo, "w8a8")
@@ -301,12 +303,12 @@ def test_to_float_errors(zoo):
         q.start_calibration()
 
 
-def test_native_backend_equals_reference_for_int8_presets(zoo):
+def test_fused_fq_impl_equals_reference_for_int8_presets(zoo):
     data, probe = [batch(1), batch(2)], batch(7)
     for preset in ("w8a8", "w8a8-static", "w8a16"):
         ref = calibrated(prepare(zoo, preset), data)
-        nat = calibrated(prepare(zoo, preset, backend="native"), data)
-        assert lowbit_state(nat).backend == "native"
+        nat = calibrated(prepare(zoo, preset, fq_impl="fused"), data)
+        assert lowbit_state(nat).fq_impl == "fused"
         assert torch.equal(ref(*probe), nat(*probe)), preset
 
 

@@ -138,8 +138,8 @@ def test_from_float_user_errors():
         QuantLinear.from_float(q, W8A8)
     with pytest.raises(ConfigError, match="config=.*LayerConfig"):
         QuantLinear.from_float(nn.Linear(2, 2), W8)
-    with pytest.raises(ConfigError, match="backend='cpp'"):
-        QuantLinear.from_float(nn.Linear(2, 2), W8A8, backend="cpp")
+    with pytest.raises(ConfigError, match="fq_impl='cpp'"):
+        QuantLinear.from_float(nn.Linear(2, 2), W8A8, fq_impl="cpp")
 
 
 def test_weight_only_and_act_only_configs():
@@ -161,15 +161,15 @@ def test_gradients_flow_straight_through():
         assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize("backend", ["reference", "native"])
-def test_tiny_qat_training_lowers_the_loss(backend):
+@pytest.mark.parametrize("fq_impl", ["reference", "fused"])
+def test_tiny_qat_training_lowers_the_loss(fq_impl):
     torch.manual_seed(6)
     teacher = nn.Linear(12, 4)
     x = torch.randn(64, 12)
     y = teacher(x).detach()
     cfg = LayerConfig(weight=QuantSpec(qtype=int4, granularity=PerChannel(0), learnable=True),
                       act=QuantSpec(qtype=int8, learnable=True))
-    q = _calibrated(QuantLinear.from_float(nn.Linear(12, 4), cfg, backend), x)
+    q = _calibrated(QuantLinear.from_float(nn.Linear(12, 4), cfg, fq_impl), x)
     step0 = q.weight_quantizer.scale.detach().clone()
     opt = torch.optim.Adam(q.parameters(), lr=2e-2)  # after freeze: steps are Parameters
     losses = []
@@ -204,13 +204,13 @@ def test_freeze_is_idempotent_and_fallback_reason_is_reported():
     torch.manual_seed(8)
     cfg = LayerConfig(weight=QuantSpec(qtype=int4, granularity=PerGroup(4), learnable=True),
                       act=QuantSpec(qtype=int8, granularity=PerTensor()))
-    q = _calibrated(QuantLinear.from_float(nn.Linear(8, 2), cfg, "native"), torch.randn(3, 8))
+    q = _calibrated(QuantLinear.from_float(nn.Linear(8, 2), cfg, "fused"), torch.randn(3, 8))
     with torch.no_grad():
         q.weight_quantizer.scale.mul_(1.5)
     trained = q.weight_quantizer.scale.detach().clone()
     q.freeze()
     assert torch.equal(q.weight_quantizer.scale.detach(), trained)
-    assert q.fallback_reason.startswith("weight: native backend has no fused fake-quant kernel")
-    assert "act:" not in q.fallback_reason, "per-tensor activations run natively"
+    assert q.fallback_reason.startswith("weight: PyTorch has no fused fake-quant op")
+    assert "act:" not in q.fallback_reason, "per-tensor activations run the fused op"
     s = q.summary()
-    assert s["weight"]["native"] is False and s["act"]["native"] is True
+    assert s["weight"]["fused"] is False and s["act"]["fused"] is True

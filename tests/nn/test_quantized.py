@@ -30,24 +30,24 @@ A8_TOKEN = QuantSpec(qtype=int8, scheme=Scheme.AFFINE, granularity=PerToken(), d
 LSQ = LayerConfig(weight=QuantSpec(qtype=int4, granularity=PerChannel(0), learnable=True),
                   act=QuantSpec(qtype=int8, scheme=Scheme.AFFINE, learnable=True))
 
-CASES = {  # name: (float module, QAT class, config, input shape, backend)
+CASES = {  # name: (float module, QAT class, config, input shape, fq_impl)
     "linear-w8-a8": (nn.Linear(16, 6), QuantLinear, LayerConfig(W8, A8), (4, 16), "reference"),
-    "linear-w8-au8-native": (nn.Linear(16, 6), QuantLinear, LayerConfig(W8, AU8), (3, 5, 16),
-                             "native"),
+    "linear-w8-au8-fused": (nn.Linear(16, 6), QuantLinear, LayerConfig(W8, AU8), (3, 5, 16),
+                             "fused"),
     "linear-w4g-token": (nn.Linear(16, 6), QuantLinear, LayerConfig(W4G, A8_TOKEN), (2, 3, 16),
                          "reference"),
     "linear-uint4-affine": (nn.Linear(16, 5, bias=False), QuantLinear,
                             LayerConfig(QuantSpec(qtype=uint4, scheme=Scheme.AFFINE,
                                                   granularity=PerGroup(4)), None), (3, 16),
                             "reference"),
-    "linear-w16": (nn.Linear(16, 6), QuantLinear, LayerConfig(W16, AU8), (4, 16), "native"),
+    "linear-w16": (nn.Linear(16, 6), QuantLinear, LayerConfig(W16, AU8), (4, 16), "fused"),
     "linear-q88": (nn.Linear(16, 6), QuantLinear, LayerConfig(Q88, Q88), (4, 16), "reference"),
-    "linear-lsq-native": (nn.Linear(16, 6), QuantLinear, LSQ, (4, 16), "native"),
+    "linear-lsq-fused": (nn.Linear(16, 6), QuantLinear, LSQ, (4, 16), "fused"),
     "linear-lsq-ref": (nn.Linear(16, 6), QuantLinear, LSQ, (4, 16), "reference"),
     "conv1d": (nn.Conv1d(4, 6, 3, padding=1), QuantConv1d, LayerConfig(W8, A8), (2, 4, 9),
                "reference"),
     "conv2d": (nn.Conv2d(4, 6, 3, stride=2, padding=1), QuantConv2d, LayerConfig(W8, AU8),
-               (2, 4, 8, 8), "native"),
+               (2, 4, 8, 8), "fused"),
     "conv2d-grouped-w4g": (nn.Conv2d(4, 6, 2, groups=2), QuantConv2d, LayerConfig(W4G, A8),
                            (2, 4, 5, 5), "reference"),
     "conv2d-depthwise": (nn.Conv2d(4, 4, 3, groups=4, padding=1, padding_mode="reflect"),
@@ -56,7 +56,7 @@ CASES = {  # name: (float module, QAT class, config, input shape, backend)
                        "reference"),
     "embedding-w8": (nn.Embedding(12, 8), QuantEmbedding, LayerConfig(W8), None, "reference"),
     "embedding-w4g": (nn.Embedding(12, 16, padding_idx=1), QuantEmbedding, LayerConfig(W4G),
-                      None, "native"),
+                      None, "fused"),
 }
 
 
@@ -68,8 +68,8 @@ def _input(shape, gen_scale=1.0):
 
 def _calibrated_qat(name, seed=0):
     torch.manual_seed(seed)
-    module, qat_cls, cfg, shape, backend = CASES[name]
-    qat = qat_cls.from_float(copy.deepcopy(module), cfg, backend).start_observing()
+    module, qat_cls, cfg, shape, fq_impl = CASES[name]
+    qat = qat_cls.from_float(copy.deepcopy(module), cfg, fq_impl).start_observing()
     if shape is not None:
         for scale in (1.0, 2.0):
             qat(_input(shape, scale))
@@ -84,10 +84,10 @@ REAL = {QuantLinear: QuantizedLinear, QuantConv1d: QuantizedConv1d,
 def test_converted_output_is_bit_identical_to_fake_quant(name):
     qat, shape = _calibrated_qat(name)
     real = REAL[type(qat)].from_qat(qat)
-    # kernel_backend 'auto' (the default) may round through bfloat16 kernels; 'reference' is
+    # kernel path 'auto' (the default) may round through bfloat16 kernels; 'reference' is
     # the exact fake-quant arithmetic this test holds to equality (tests/nn/test_kernel_dispatch.py
     # holds the kernels to their tolerance)
-    real.set_kernel_backend("reference")
+    real.set_kernel_path("reference")
     x = _input(shape, 1.5)  # partly outside the calibrated range: clamping is compared too
     # identical arithmetic (same qparams, same rounding, same float op): exact equality,
     # stronger than the 1e-5 relative the issue asks for
@@ -113,10 +113,10 @@ def test_from_linear_matches_per_channel_int8_primitives():
     torch.manual_seed(1)
     lin = nn.Linear(32, 10)
     real = QuantizedLinear.from_linear(lin)
-    # kernel_backend 'auto' (the default) may round through bfloat16 kernels; 'reference' is
+    # kernel path 'auto' (the default) may round through bfloat16 kernels; 'reference' is
     # the exact fake-quant arithmetic this test holds to equality (tests/nn/test_kernel_dispatch.py
     # holds the kernels to their tolerance)
-    real.set_kernel_backend("reference")
+    real.set_kernel_path("reference")
     qp = choose_qparams(lin.weight, int8, Scheme.SYMMETRIC, PerChannel(0))
     q = quantize(lin.weight, qp)
     assert torch.equal(real.qdata, q) and torch.equal(real.scale, qp.scale)
@@ -130,10 +130,10 @@ def test_from_linear_matches_per_channel_int8_primitives():
 def test_from_linear_with_static_act_needs_calibration():
     torch.manual_seed(2)
     real = QuantizedLinear.from_linear(nn.Linear(8, 3), act_spec=A8)
-    # kernel_backend 'auto' (the default) may round through bfloat16 kernels; 'reference' is
+    # kernel path 'auto' (the default) may round through bfloat16 kernels; 'reference' is
     # the exact fake-quant arithmetic this test holds to equality (tests/nn/test_kernel_dispatch.py
     # holds the kernels to their tolerance)
-    real.set_kernel_backend("reference")
+    real.set_kernel_path("reference")
     x = torch.randn(4, 8)
     with pytest.raises(StateError, match="not calibrated.*Calibrate first"):
         real(x)

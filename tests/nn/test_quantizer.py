@@ -1,4 +1,4 @@
-"""TensorQuantizer: life cycle, both backends, LSQ, dynamic and fixed point, state_dict, errors."""
+"""TensorQuantizer: life cycle, both fq_impls, LSQ, dynamic and fixed point, state_dict, errors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import nn
 
 from lowbit.config import QuantSpec
 from lowbit.errors import ConfigError, InputError, StateError
-from lowbit.nn.quantizer import TensorQuantizer, fit_qparams, native_fallback_reason
+from lowbit.nn.quantizer import TensorQuantizer, fit_qparams, fused_fallback_reason
 from lowbit.primitives.affine import choose_qparams, fake_quantize
 from lowbit.types import (PerChannel, PerGroup, PerTensor, PerToken, QParams, Scheme, int4, int8,
                           int16, uint8)
@@ -19,8 +19,8 @@ SHAPES = [(7,), (5, 9), (3, 4, 6), (2, 3, 4, 5)]
 
 
 def _pair(spec, x):
-    """A reference and a native quantizer frozen on the same data."""
-    return [TensorQuantizer(spec, backend).freeze(x) for backend in ("reference", "native")]
+    """A reference and a fused quantizer frozen on the same data."""
+    return [TensorQuantizer(spec, backend).freeze(x) for backend in ("reference", "fused")]
 
 
 def _grans(shape):
@@ -30,12 +30,12 @@ def _grans(shape):
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("scheme", [Scheme.SYMMETRIC, Scheme.AFFINE])
-def test_int8_forward_and_input_grad_identical_between_backends(shape, scheme):
+def test_int8_forward_and_input_grad_identical_between_fq_impls(shape, scheme):
     torch.manual_seed(sum(shape))
     calib = torch.randn(shape) + 0.3
     for gran in _grans(shape):
         ref, nat = _pair(QuantSpec(qtype=int8, scheme=scheme, granularity=gran), calib)
-        assert nat.uses_native and nat.fallback_reason is None
+        assert nat.uses_fused and nat.fallback_reason is None
         # values inside every block's range, and one far outside it (clamped): the mask matters
         x = 0.9 * torch.rand(shape) * calib
         x.view(-1)[0] = 10 * float(calib.abs().max())
@@ -52,7 +52,7 @@ def test_int8_forward_and_input_grad_identical_between_backends(shape, scheme):
 
 
 @pytest.mark.parametrize("qtype", [int4, uint8, int16])
-def test_other_grids_forward_identical_between_backends(qtype):
+def test_other_grids_forward_identical_between_fq_impls(qtype):
     torch.manual_seed(qtype.bits)
     calib = torch.randn(6, 10)
     for gran in _grans((6, 10)):
@@ -70,7 +70,7 @@ def _rel_close(a, b, what):
 
 @pytest.mark.parametrize("scheme", [Scheme.SYMMETRIC, Scheme.AFFINE])
 @pytest.mark.parametrize("gran", [PerTensor(), PerChannel(0), PerChannel(1)])
-def test_learnable_gradients_agree_between_backends(scheme, gran):
+def test_learnable_gradients_agree_between_fq_impls(scheme, gran):
     torch.manual_seed(3)
     calib = torch.randn(8, 12)
     spec = QuantSpec(qtype=int8, scheme=scheme, granularity=gran, learnable=True)
@@ -80,7 +80,7 @@ def test_learnable_gradients_agree_between_backends(scheme, gran):
     x2 = x.detach().clone().requires_grad_()
     up = torch.randn(8, 12)
     y_ref, y_nat = ref(x), nat(x2)
-    assert torch.equal(y_ref, y_nat), "LSQ forward is affine fake-quant in both backends"
+    assert torch.equal(y_ref, y_nat), "LSQ forward is affine fake-quant in both fq_impls"
     (y_ref * up).sum().backward()
     (y_nat * up).sum().backward()
     _rel_close(x2.grad, x.grad, "input gradient")
@@ -89,9 +89,9 @@ def test_learnable_gradients_agree_between_backends(scheme, gran):
 
 
 @pytest.mark.parametrize("gran", [PerTensor(), PerChannel(0)])
-def test_learnable_native_handles_negative_zero_points(gran):
+def test_learnable_fused_handles_negative_zero_points(gran):
     # torch's per-tensor learnable backward misreads negative zero points (int(z + 0.5));
-    # the quantizer shifts the grid so both backends still agree.
+    # the quantizer shifts the grid so both fq_impls still agree.
     torch.manual_seed(10)
     calib = torch.rand(4, 16) + 0.5  # all positive: affine int8 puts the zero point at -128
     spec = QuantSpec(qtype=int8, scheme=Scheme.AFFINE, granularity=gran, learnable=True)
@@ -144,11 +144,11 @@ def test_used_before_calibration_raises_state_error():
         TensorQuantizer(QuantSpec(qtype=int8)).qparams()
 
 
-def test_dynamic_per_token_matches_choose_qparams_and_falls_back_from_native():
+def test_dynamic_per_token_matches_choose_qparams_and_falls_back_from_fused():
     torch.manual_seed(6)
     spec = QuantSpec(qtype=int8, scheme=Scheme.AFFINE, granularity=PerToken(), dynamic=True)
-    nat = TensorQuantizer(spec, "native")
-    assert "per_token" in nat.fallback_reason and not nat.uses_native
+    nat = TensorQuantizer(spec, "fused")
+    assert "per_token" in nat.fallback_reason and not nat.uses_fused
     x = torch.randn(2, 5, 16) * torch.arange(1, 11).reshape(2, 5, 1)
     expected = fake_quantize(x, choose_qparams(x, int8, Scheme.AFFINE, PerToken()))
     assert torch.equal(nat(x), expected), "each token gets its own min/max qparams"
@@ -158,18 +158,18 @@ def test_dynamic_per_token_matches_choose_qparams_and_falls_back_from_native():
         nat.qparams()
 
 
-def test_dynamic_per_tensor_native_matches_reference():
+def test_dynamic_per_tensor_fused_matches_reference():
     torch.manual_seed(7)
     spec = QuantSpec(qtype=int8, dynamic=True)
     x = torch.randn(4, 6)
-    assert torch.equal(TensorQuantizer(spec, "native")(x), TensorQuantizer(spec)(x))
+    assert torch.equal(TensorQuantizer(spec, "fused")(x), TensorQuantizer(spec)(x))
 
 
-def test_fallback_reason_only_where_native_has_no_kernel():
-    assert native_fallback_reason(QuantSpec(granularity=PerChannel(0))) is None
-    assert "per_group" in native_fallback_reason(QuantSpec(granularity=PerGroup(4)))
+def test_fallback_reason_only_where_no_fused_op_exists():
+    assert fused_fallback_reason(QuantSpec(granularity=PerChannel(0))) is None
+    assert "per_group" in fused_fallback_reason(QuantSpec(granularity=PerGroup(4)))
     assert TensorQuantizer(QuantSpec(granularity=PerGroup(4))).fallback_reason is None, \
-        "the reference backend never falls back"
+        "fq_impl 'reference' never falls back"
 
 
 def test_disabled_quantizer_passes_input_through():
@@ -181,7 +181,7 @@ def test_disabled_quantizer_passes_input_through():
 
 def test_fixed_point_q8_8_needs_no_calibration():
     spec = QuantSpec(qtype=int16, scheme=Scheme.FIXED_POINT, frac_bits=8)
-    q = TensorQuantizer(spec, "native")
+    q = TensorQuantizer(spec, "fused")
     assert q.state == "fixed" and q.ready
     x = torch.tensor([[0.001, 1.0 / 3, -2.5, 200.0], [-128.01, 127.999, 0.5 / 256, 1.5 / 256]])
     expected = torch.clamp(torch.round(x * 256), -32768, 32767) / 256
@@ -235,19 +235,19 @@ def test_freeze_keeps_trained_scale_until_observing_again():
 
 
 def test_summary_reports_state_qparams_and_saturation():
-    q = TensorQuantizer(QuantSpec(qtype=int8), "native").start_observing()
+    q = TensorQuantizer(QuantSpec(qtype=int8), "fused").start_observing()
     assert q.summary()["sat_ratio"] is None and q.summary()["state"] == "observing"
     q(torch.linspace(-1, 1, 11))
     q.freeze()
     s = q.summary()
-    assert s["state"] == "frozen" and s["native"] is True and s["sat_ratio"] == 0.0
+    assert s["state"] == "frozen" and s["fused"] is True and s["sat_ratio"] == 0.0
     assert s["qparams"]["scale_max"] == pytest.approx(1 / 127)
     assert s["observer"]["method"] == "minmax" and s["spec"]["qtype"] == "int8"
 
 
 def test_user_errors_name_field_and_fix():
-    with pytest.raises(ConfigError, match="backend='cpp' is invalid.*'reference'"):
-        TensorQuantizer(QuantSpec(), backend="cpp")
+    with pytest.raises(ConfigError, match="fq_impl='cpp' is invalid.*'reference'"):
+        TensorQuantizer(QuantSpec(), fq_impl="cpp")
     with pytest.raises(ConfigError, match="spec='int8' is invalid.*QuantSpec"):
         TensorQuantizer("int8")
     q = TensorQuantizer(QuantSpec())

@@ -16,7 +16,7 @@ import argparse
 import copy
 from pathlib import Path
 
-from lowbit.cli.flags import (FlagError, add_quant_flags, backend_of, check_flags,
+from lowbit.cli.flags import (FlagError, add_quant_flags, fq_impl_of, check_flags,
                               recipe_from_args, uses_role_flags)
 
 
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
                             "(integer weights cannot be re-calibrated)")
     if roles:
         example.model = to_float(model)
-        out = quantize_example(example, recipe, backend=backend_of(args),
+        out = quantize_example(example, recipe, fq_impl=fq_impl_of(args),
                                max_batches=args.quant_calib_batches)
         model, fake, records, n_batches = out.model, out.fake_quant, out.records, out.calib_batches
     else:

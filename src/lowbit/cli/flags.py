@@ -2,7 +2,8 @@
 
 ``--q_proj --q_head --q_block_linear --quantize_all --quant_backend {python,cpp}
 --quant_bits N --quant_mode {dynamic,fixed88} --calib_method M --quant_calib_batches N``.
-python = lowbit's reference autograd backend, cpp = PyTorch's native fused kernels.
+``--quant_backend`` is kept verbatim and translated here, at the edge, to ``fq_impl``:
+python = lowbit's reference autograd, cpp = PyTorch's fused fake-quant ops.
 
 How they combine (anything else exits with status 2 and one line saying what to do):
 
@@ -23,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 
+from lowbit.config import LEGACY_FQ_IMPLS
 from lowbit.errors import ConfigError
 
-BACKENDS = {"python": "reference", "cpp": "native"}
+#: ``--quant_backend`` values and the ``fq_impl`` each means.
+QUANT_BACKENDS = {flag: LEGACY_FQ_IMPLS[flag] for flag in ("python", "cpp")}
 ROLE_FLAGS = ("q_proj", "q_head", "q_block_linear", "quantize_all")
 _ROLES = "--q_proj, --q_head, --q_block_linear or --quantize_all"
 _ROLE_HINT = "e.g. --quantize_all"
@@ -43,8 +46,9 @@ def add_quant_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--q_block_linear", action="store_true",
                    help="quantize the Linear/Conv layers inside blocks")
     g.add_argument("--quantize_all", action="store_true", help="all of the three above")
-    g.add_argument("--quant_backend", choices=tuple(BACKENDS), default="python",
-                   help="python = lowbit autograd (reference), cpp = PyTorch fused kernels (native)")
+    g.add_argument("--quant_backend", choices=tuple(QUANT_BACKENDS), default="python",
+                   help="how fake quantization computes: python = lowbit autograd "
+                        "(fq_impl reference), cpp = PyTorch fused ops (fq_impl fused)")
     g.add_argument("--quant_bits", type=int, default=None,
                    help="bits for weights and activations of the layers the role flags choose, "
                         "2..16 (default 8)")
@@ -150,6 +154,6 @@ def with_calib_method(recipe, method: str):
     return Recipe(tuple(rules), f"{recipe.name}+{normalize_method(method)}")
 
 
-def backend_of(args: argparse.Namespace) -> str:
-    """The lowbit backend name for ``--quant_backend`` (python -> reference, cpp -> native)."""
-    return BACKENDS[args.quant_backend]
+def fq_impl_of(args: argparse.Namespace) -> str:
+    """The ``fq_impl`` that ``--quant_backend`` names (python -> reference, cpp -> fused)."""
+    return QUANT_BACKENDS[args.quant_backend]

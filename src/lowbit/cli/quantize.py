@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lowbit.cli.flags import (FlagError, add_quant_flags, backend_of, check_flags,
+from lowbit.cli.flags import (FlagError, add_quant_flags, fq_impl_of, check_flags,
                               recipe_from_args, uses_role_flags, with_calib_method)
 from lowbit.errors import ConfigError
 
@@ -52,14 +52,14 @@ def run(args: argparse.Namespace) -> int:
         recipe = load_recipe(example.default_recipe)
     if args.calib_method is not None and not uses_role_flags(args):
         recipe = with_calib_method(recipe, args.calib_method)
-    out = quantize_example(example, recipe, backend=backend_of(args),
+    out = quantize_example(example, recipe, fq_impl=fq_impl_of(args),
                            max_batches=args.quant_calib_batches)
     float_score = example.score(example.model)
     out_dir = Path(args.out_dir)
     ckpt.save(out.fake_quant, out_dir / "calibrated")
     ckpt.save(out.model, out_dir / "quantized")
     write_json(out_dir / "records.json", [r.to_dict() for r in out.records])
-    summary = {"model": args.model, "recipe": out.recipe, "backend": backend_of(args),
+    summary = {"model": args.model, "recipe": out.recipe, "fq_impl": fq_impl_of(args),
                "calib_batches": out.calib_batches,
                "metric": example.metric, "float": float_score, "quantized": out.score,
                "change_vs_float": out.score - float_score, **out.size}

@@ -26,7 +26,7 @@ class Outcome:
     calib_batches: int = 0
 
 
-def quantize_example(example: Example, recipe: Any, *, backend: str = "reference",
+def quantize_example(example: Example, recipe: Any, *, fq_impl: str = "reference",
                      max_batches: int | None = None, label: str | None = None) -> Outcome:
     """Prepare, calibrate (progress bar on stderr), convert and score ``example``.
 
@@ -42,7 +42,7 @@ def quantize_example(example: Example, recipe: Any, *, backend: str = "reference
     recipe = load_recipe(recipe)
     name = label or recipe.name
     if max_batches == 0:
-        fake, records = _without_calibration(example, recipe, backend)
+        fake, records = _without_calibration(example, recipe, fq_impl)
         used = 0
     else:
         total = len(example.calib_data) if max_batches is None else min(max_batches,
@@ -50,7 +50,7 @@ def quantize_example(example: Example, recipe: Any, *, backend: str = "reference
         with tqdm(total=total, desc=f"calibrate {name}", unit="batch", file=sys.stderr,
                   leave=False, disable=None) as bar:
             fake, records = quantize_model(example.model, recipe, example.calib_data,
-                                           max_batches=max_batches, backend=backend,
+                                           max_batches=max_batches, fq_impl=fq_impl,
                                            convert=False, progress=lambda n: bar.update(1))
         used = total
     real = convert(fake)
@@ -58,13 +58,13 @@ def quantize_example(example: Example, recipe: Any, *, backend: str = "reference
                    used)
 
 
-def _without_calibration(example: Example, recipe: Any, backend: str):
+def _without_calibration(example: Example, recipe: Any, fq_impl: str):
     """Prepare ``example.model`` and freeze its ranges without running any batch."""
     from lowbit.cli.flags import FlagError
     from lowbit.model import calibrate, lowbit_state, prepare, quant_modules
 
     first = example.calib_data[0] if example.calib_data else None
-    fake = prepare(example.model, recipe, example_inputs=first, backend=backend)
+    fake = prepare(example.model, recipe, example_inputs=first, fq_impl=fq_impl)
     needs_data = [name for name, module in quant_modules(fake)
                   if module.act_quantizer is not None and not module.act_quantizer.ready]
     if needs_data:

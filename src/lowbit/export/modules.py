@@ -213,7 +213,7 @@ def _record(name: str, module: nn.Module, config: LayerConfig, weight: str,
     else:
         action, reason = "quantized", "exported as ONNX Q/DQ"
     return LayerRecord(name=name, module_type=type(module).__name__, action=action,
-                       reason=reason, config=config.to_dict(), backend="onnx", kernel=kernel,
+                       reason=reason, config=config.to_dict(), kernel_path="onnx", kernel=kernel,
                        kernel_reason="; ".join(notes) or None)
 
 

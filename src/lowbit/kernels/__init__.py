@@ -1,7 +1,7 @@
-"""Real low-bit kernels: one registry ``(op, backend) -> implementation`` and one dispatcher.
+"""Real low-bit kernels: one registry ``(op, path) -> implementation`` and one dispatcher.
 
 ``prepare_linear`` / ``prepare_conv2d`` bind a quantized weight (as ``lowbit.nn`` stores it)
-to a plan of kernels per row count; ``reference`` (plain PyTorch) is always there, ``native``
+to a plan of kernels per row count; ``reference`` (plain PyTorch) is always there, ``integer``
 runs PyTorch's integer kernels and ``dense`` its float GEMM on a dequantized-once weight.
 See :mod:`lowbit.kernels.dispatch` for the measured dispatch table.
 """
@@ -9,14 +9,14 @@ See :mod:`lowbit.kernels.dispatch` for the measured dispatch table.
 from . import dense, int4, int8  # noqa: F401  (register the implementations)
 from .act import ACT_MODES, ActQuantizer, quantize_act
 from .conv import PreparedConv1d, PreparedConv2d, prepare_conv1d, prepare_conv2d
-from .dispatch import BACKEND_CHOICES, TABLE, Choice, Plan, machine, plan
+from .dispatch import KERNEL_PATHS, TABLE, Choice, Plan, machine, plan
 from .linear import PreparedLinear, prepare_linear
-from .registry import BACKENDS, OP_CLASSES, KernelImpl, find, linear_op, register, registered
+from .registry import PATHS, OP_CLASSES, KernelImpl, find, linear_op, register, registered
 from .weights import QuantWeight, quant_weight
 
 __all__ = [
     "ACT_MODES", "ActQuantizer", "quantize_act", "PreparedConv1d", "PreparedConv2d", "prepare_conv1d",
-    "prepare_conv2d", "BACKEND_CHOICES", "TABLE", "Choice", "Plan", "machine", "plan",
-    "PreparedLinear", "prepare_linear", "BACKENDS", "OP_CLASSES", "KernelImpl", "find",
+    "prepare_conv2d", "KERNEL_PATHS", "TABLE", "Choice", "Plan", "machine", "plan",
+    "PreparedLinear", "prepare_linear", "PATHS", "OP_CLASSES", "KernelImpl", "find",
     "linear_op", "register", "registered", "QuantWeight", "quant_weight",
 ]

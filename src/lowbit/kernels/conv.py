@@ -7,7 +7,7 @@ A conv weight ``[O, I/groups, kh, kw]`` is stored in its 2-D view ``[O, K]`` wit
   ``[N·H·W, C]`` (channels last) and runs on a :class:`PreparedLinear`, whose plan chooses
   per row count exactly as for a linear layer.
 * **any other conv**, op ``conv2d``: ``reference`` (fake-quantized input, dequantized weight,
-  ``F.conv2d``), ``dense`` (``F.conv2d`` on a dequantized-once weight) or ``native``:
+  ``F.conv2d``), ``dense`` (``F.conv2d`` on a dequantized-once weight) or ``integer``:
   im2col (``F.unfold``) and, per group, the integer linear kernels on the patch rows
   ``[N·L, K]``.  The automatic choice reads the dispatch table with ``N·L`` rows (``L``
   output positions); no machine has a ``conv2d`` row yet (im2col is not measured to beat
@@ -115,7 +115,7 @@ class _Im2col:
 
 def _prepare_im2col(cw: ConvWeight, compute) -> _Im2col:
     o_g = cw.shape[0] // cw.groups
-    return _Im2col(cw, [PreparedLinear(cw.weight.rows(g * o_g, (g + 1) * o_g), cw.act, "native")
+    return _Im2col(cw, [PreparedLinear(cw.weight.rows(g * o_g, (g + 1) * o_g), cw.act, "integer")
                         for g in range(cw.groups)])
 
 
@@ -141,8 +141,8 @@ def _im2col_supports(cw: ConvWeight) -> str | None:
     except InputError as exc:
         return str(exc)
     op = linear_op(rows, cw.act)
-    reason = unusable(find(op, "native", rows.device), rows)
-    return None if reason is None else f"im2col needs a native {op} kernel: {reason}"
+    reason = unusable(find(op, "integer", rows.device), rows)
+    return None if reason is None else f"im2col needs an integer {op} kernel: {reason}"
 
 
 register(KernelImpl("reference", "conv2d", "reference", "any", lambda cw, dt: cw,
@@ -151,7 +151,7 @@ register(KernelImpl("F.conv2d", "conv2d", "dense", "any",
                     lambda cw, dt: _DenseConv(cw, cw.dense_weight(dt), dt), _run_dense,
                     (torch.float32, torch.bfloat16, torch.float16),
                     doc="dequantized-once weight, float conv"))
-register(KernelImpl("im2col+native", "conv2d", "native", "any", _prepare_im2col, _run_im2col,
+register(KernelImpl("im2col+integer", "conv2d", "integer", "any", _prepare_im2col, _run_im2col,
                     (torch.float32,), supports=_im2col_supports,
                     doc="F.unfold patches through the integer linear kernels"))
 
@@ -160,16 +160,16 @@ class PreparedConv2d:
     """A quantized conv weight bound to its kernel plan; call it as ``conv(x, bias)``.
 
     ``pointwise`` convs delegate to ``linear`` (a :class:`PreparedLinear`); others follow
-    ``plan`` (op ``conv2d``).  ``backend``, ``kernel``, ``reason``, ``fallback`` and
+    ``plan`` (op ``conv2d``).  ``path``, ``kernel``, ``reason``, ``fallback`` and
     ``last`` are as on :class:`PreparedLinear`.
     """
 
-    def __init__(self, cw: ConvWeight, backend: str = "auto", act_impl: str = "eager"):
+    def __init__(self, cw: ConvWeight, path: str = "auto", act_impl: str = "eager"):
         self.cw = cw
-        self._backend = backend
+        self._requested = path
         self._act = None if cw.act is None else ActQuantizer(cw.act, act_impl)
         self._act_impl = act_impl
-        self.linear = PreparedLinear(cw.weight, cw.act, backend, act_impl) if cw.pointwise else None
+        self.linear = PreparedLinear(cw.weight, cw.act, path, act_impl) if cw.pointwise else None
         self._plans = {}
         self._states: dict[tuple[int, torch.dtype], object] = {}
         self.plan = None if cw.pointwise else self.plan_for(torch.float32)
@@ -178,29 +178,29 @@ class PreparedConv2d:
     def plan_for(self, dtype: torch.dtype):
         """The conv plan for inputs of ``dtype`` (general convs only)."""
         if dtype not in self._plans:
-            self._plans[dtype] = plan("conv2d", self.cw, dtype, self._backend)
+            self._plans[dtype] = plan("conv2d", self.cw, dtype, self._requested)
         return self._plans[dtype]
 
     def _summary(self, attr: str):
         if self.linear is not None:
             return getattr(self.linear, attr)
         choices = self.plan.choices
-        if attr == "backend":
-            return "+".join(dict.fromkeys(c.backend for c in choices))
+        if attr == "path":
+            return "+".join(dict.fromkeys(c.path for c in choices))
         if attr == "kernel":
             return "; ".join(c.describe() for c in choices)
         if attr == "fallback":
             return any(c.fallback for c in choices)
         return "; ".join(c.reason for c in choices)
 
-    backend = property(lambda self: self._summary("backend"))
+    path = property(lambda self: self._summary("path"))
     kernel = property(lambda self: self._summary("kernel"))
     reason = property(lambda self: self._summary("reason"))
     fallback = property(lambda self: self._summary("fallback"))
 
     def record_fields(self) -> dict:
-        """``backend``, ``kernel`` and ``kernel_reason`` for the layer's LayerRecord."""
-        return {"backend": self.backend, "kernel": self.kernel, "kernel_reason": self.reason}
+        """``path``, ``kernel`` and ``kernel_reason`` for the layer's LayerRecord."""
+        return {"kernel_path": self.path, "kernel": self.kernel, "kernel_reason": self.reason}
 
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """The conv of ``x`` ``[N, C, H, W]`` (float); the result has ``x``'s dtype."""
@@ -232,12 +232,12 @@ class PreparedConv2d:
 
 def prepare_conv2d(qdata: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qtype,
                    block_size, weight_shape, *, stride=1, padding=0, dilation=1, groups: int = 1,
-                   act: str | None = None, backend: str = "auto",
+                   act: str | None = None, path: str = "auto",
                    act_impl: str = "eager") -> PreparedConv2d:
     """Bind a quantized conv weight (2-D view ``[O, I/groups·kh·kw]``) to its kernels.
 
     weight_shape: ``(O, I/groups, kh, kw)``.  stride, padding (zeros; ``"valid"`` or ints),
-    dilation, groups: as ``F.conv2d``.  act: None or ``"dynamic_int8_tensor"``.  backend,
+    dilation, groups: as ``F.conv2d``.  act: None or ``"dynamic_int8_tensor"``.  path,
     act_impl: as :func:`~lowbit.kernels.linear.prepare_linear`.
     """
     if act not in CONV_ACTS:
@@ -260,7 +260,7 @@ def prepare_conv2d(qdata: torch.Tensor, scale: torch.Tensor, zero_point: torch.T
                          "pass the weight's own shape")
     cw = ConvWeight(weight, shape, _pair(stride, "stride"), _pair(padding, "padding"),
                     _pair(dilation, "dilation"), groups, act)
-    return PreparedConv2d(cw, backend, act_impl)
+    return PreparedConv2d(cw, path, act_impl)
 
 
 class PreparedConv1d:
@@ -269,14 +269,14 @@ class PreparedConv1d:
     def __init__(self, conv2d: PreparedConv2d):
         self.conv2d = conv2d
 
-    backend = property(lambda self: self.conv2d.backend)
+    path = property(lambda self: self.conv2d.path)
     kernel = property(lambda self: self.conv2d.kernel)
     reason = property(lambda self: self.conv2d.reason)
     fallback = property(lambda self: self.conv2d.fallback)
     last = property(lambda self: self.conv2d.last)
 
     def record_fields(self) -> dict:
-        """``backend``, ``kernel`` and ``kernel_reason`` for the layer's LayerRecord."""
+        """``path``, ``kernel`` and ``kernel_reason`` for the layer's LayerRecord."""
         return self.conv2d.record_fields()
 
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -289,7 +289,7 @@ class PreparedConv1d:
 
 def prepare_conv1d(qdata, scale, zero_point, qtype, block_size, weight_shape, *, stride=1,
                    padding=0, dilation=1, groups: int = 1, act: str | None = None,
-                   backend: str = "auto", act_impl: str = "eager") -> PreparedConv1d:
+                   path: str = "auto", act_impl: str = "eager") -> PreparedConv1d:
     """:func:`prepare_conv2d` for a 1-D conv: ``weight_shape`` is ``(O, I/groups, k)``."""
     shape = tuple(weight_shape)
     if len(shape) != 3:
@@ -299,4 +299,4 @@ def prepare_conv1d(qdata, scale, zero_point, qtype, block_size, weight_shape, *,
     return PreparedConv1d(prepare_conv2d(
         qdata, scale, zero_point, qtype, block_size, (shape[0], shape[1], 1, shape[2]),
         stride=(1, one(stride)), padding=(0, one(padding)), dilation=(1, one(dilation)),
-        groups=groups, act=act, backend=backend, act_impl=act_impl))
+        groups=groups, act=act, path=path, act_impl=act_impl))

@@ -14,7 +14,7 @@ CPU: ``_convert_weight_to_int4pack_for_cpu`` (int32 codes ``[N, K]``, ``N`` a mu
 and ``_weight_int4pack_mm_for_cpu``; fast only with bfloat16 activations, so bfloat16 is the
 preferred compute dtype.  CUDA: ``_convert_weight_to_int4pack`` (uint8, two codes a byte,
 first code in the *high* nibble; inner k-tiles 8, 4 or 2 as ``K`` allows) and
-``_weight_int4pack_mm`` (bfloat16 only).  Every native kernel is probed once per
+``_weight_int4pack_mm`` (bfloat16 only).  Every integer kernel is probed once per
 device against the reference before it is used (:mod:`.probe`).
 """
 
@@ -112,13 +112,13 @@ def _available(*names: str):
 
 def _register() -> None:
     bf16, f16, f32 = torch.bfloat16, torch.float16, torch.float32
-    register(KernelImpl("aten._weight_int4pack_mm_for_cpu", "linear.w4", "native", "cpu",
+    register(KernelImpl("aten._weight_int4pack_mm_for_cpu", "linear.w4", "integer", "cpu",
                         prepare_cpu, run, (bf16, f16, f32), lambda w: _supports(w, 16),
                         _available("_convert_weight_to_int4pack_for_cpu",
                                    "_weight_int4pack_mm_for_cpu"),
                         "float activations x int4 group-wise weights (float zero)",
                         {"probe": ("int4", 32, None)}))
-    register(KernelImpl("aten._weight_int4pack_mm", "linear.w4", "native", "cuda",
+    register(KernelImpl("aten._weight_int4pack_mm", "linear.w4", "integer", "cuda",
                         prepare_cuda, run, (bf16,), lambda w: _supports(w, 8),
                         _available("_convert_weight_to_int4pack", "_weight_int4pack_mm"),
                         "bfloat16 activations x int4 group-wise weights (tinygemm)",

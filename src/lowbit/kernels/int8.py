@@ -204,23 +204,23 @@ def run_w8(st: W8State, x: torch.Tensor, bias, act) -> torch.Tensor:
 
 def _register() -> None:
     bf16, f32, f16 = torch.bfloat16, torch.float32, torch.float16
-    register(KernelImpl("aten._int_mm", "linear.w8a8", "native", "cpu", prepare_w8a8, run_w8a8,
+    register(KernelImpl("aten._int_mm", "linear.w8a8", "integer", "cpu", prepare_w8a8, run_w8a8,
                         (f32,), _w8a8_supports, _has_op("_int_mm"),
                         "int8 x int8 -> int32 GEMM (oneDNN VNNI/AMX), per-token activations",
                         {"probe": ("int8", None, "dynamic_int8")}))
-    register(KernelImpl("aten._weight_int8pack_mm(a8 codes)", "linear.w8a8", "native", "cpu",
+    register(KernelImpl("aten._weight_int8pack_mm(a8 codes)", "linear.w8a8", "integer", "cpu",
                         prepare_w8a8_codes, run_w8a8_codes, (bf16,), _a8_codes_supports,
                         _has_op("_weight_int8pack_mm"),
                         "int8 activation codes (exact in bfloat16) x int8 weights on the "
                         "weight-only kernel: for CPUs where _int_mm has no fast path",
                         {"probe": ("int8", None, "dynamic_int8")}))
-    register(KernelImpl("aten._int_mm", "linear.w8a8", "native", "cuda",
+    register(KernelImpl("aten._int_mm", "linear.w8a8", "integer", "cuda",
                         lambda w, dt: prepare_w8a8(w, dt, min_rows=17), run_w8a8,
                         (f32,), _w8a8_cuda_supports, _has_op("_int_mm"),
                         "int8 x int8 -> int32 GEMM (cuBLASLt), per-token activations",
                         {"probe": ("int8", None, "dynamic_int8")}))
     for device in ("cpu", "cuda"):
-        register(KernelImpl("aten._weight_int8pack_mm", "linear.w8", "native", device,
+        register(KernelImpl("aten._weight_int8pack_mm", "linear.w8", "integer", device,
                             prepare_w8, run_w8, (bf16, f16, f32), _w8_supports,
                             _has_op("_weight_int8pack_mm"),
                             "float activations x int8 per-channel weights",

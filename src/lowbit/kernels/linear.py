@@ -8,7 +8,7 @@
     LayerRecord(name, "Linear", "quantized", **lin.record_fields())  # kernel + reason
 
 Preparing plans the kernel for every row count (:func:`~lowbit.kernels.dispatch.plan`) and
-packs the weight once for the native kernels of the plan.  A dense (float) weight, used
+packs the weight once for the integer kernels of the plan.  A dense (float) weight, used
 where a float GEMM is the fastest path, is built at the first call that needs it and kept
 (``N·K`` floats: with many rows a quantized layer then holds more bytes than the float one;
 ``keep_dense=False`` trades that memory back for a dequantization per call);
@@ -52,11 +52,11 @@ class PreparedLinear:
 
     Attributes: ``weight`` (:class:`QuantWeight`), ``op``, ``act`` (activation mode or None),
     ``plan`` (for float32 inputs; other dtypes get their own), ``last`` (the
-    :class:`Choice` of the latest call); ``backend``, ``kernel``, ``reason`` and
+    :class:`Choice` of the latest call); ``path``, ``kernel``, ``reason`` and
     ``fallback`` summarise the plan for a :class:`~lowbit.records.LayerRecord`.
     """
 
-    def __init__(self, weight: QuantWeight, act: str | None = None, backend: str = "auto",
+    def __init__(self, weight: QuantWeight, act: str | None = None, path: str = "auto",
                  act_impl: str = "eager", keep_dense: bool = True):
         check_act(act)
         check_choice("act_impl", act_impl, ACT_IMPLS,
@@ -68,14 +68,14 @@ class PreparedLinear:
         self.weight = weight
         self.act = act
         self.keep_dense = keep_dense
-        self.requested_backend = backend
+        self.requested_path = path
         self.op = linear_op(weight, act)
         self._act = None if act is None else ActQuantizer(act, act_impl)
         self._plans: dict[torch.dtype, Plan] = {}
         self._states: dict[tuple[int, torch.dtype], object] = {}
         self.plan = self.plan_for(torch.float32)
-        for choice in self.plan.choices:  # pack once for the native kernels
-            if choice.backend == "native":
+        for choice in self.plan.choices:  # pack once for the integer kernels
+            if choice.path == "integer":
                 self._state(choice)
         self.last: Choice | None = None
 
@@ -84,11 +84,11 @@ class PreparedLinear:
     def plan_for(self, dtype: torch.dtype) -> Plan:
         """The plan for inputs of ``dtype`` (made once per dtype)."""
         if dtype not in self._plans:
-            self._plans[dtype] = plan(self.op, self.weight, dtype, self.requested_backend)
+            self._plans[dtype] = plan(self.op, self.weight, dtype, self.requested_path)
         return self._plans[dtype]
 
     def _state(self, choice: Choice):
-        if choice.backend == "dense" and not self.keep_dense:
+        if choice.path == "dense" and not self.keep_dense:
             return choice.impl.prepare(self.weight, choice.compute)
         key = (id(choice.impl), choice.compute)
         if key not in self._states:
@@ -96,9 +96,9 @@ class PreparedLinear:
         return self._states[key]
 
     @property
-    def backend(self) -> str:
-        """Backends of the plan, e.g. ``"native+dense"``."""
-        return "+".join(dict.fromkeys(c.backend for c in self.plan.choices))
+    def path(self) -> str:
+        """Paths of the plan, e.g. ``"integer+dense"``."""
+        return "+".join(dict.fromkeys(c.path for c in self.plan.choices))
 
     @property
     def kernel(self) -> str:
@@ -116,9 +116,9 @@ class PreparedLinear:
         return any(c.fallback for c in self.plan.choices)
 
     def record_fields(self) -> dict:
-        """``backend``, ``kernel`` and ``kernel_reason`` for this layer's
+        """``path``, ``kernel`` and ``kernel_reason`` for this layer's
         :class:`~lowbit.records.LayerRecord` (``LayerRecord(..., **lin.record_fields())``)."""
-        return {"backend": self.backend, "kernel": self.kernel, "kernel_reason": self.reason}
+        return {"kernel_path": self.path, "kernel": self.kernel, "kernel_reason": self.reason}
 
     def memory(self) -> dict[str, int]:
         """Bytes: ``stored`` (qdata, scale, zero_point) and ``extra`` (packed copies and
@@ -165,13 +165,13 @@ class PreparedLinear:
 
 
 def prepare_linear(qdata: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qtype,
-                   block_size, *, act: str | None = None, backend: str = "auto",
+                   block_size, *, act: str | None = None, path: str = "auto",
                    act_impl: str = "eager", keep_dense: bool = True) -> PreparedLinear:
     """Bind a quantized weight ``[N, K]`` (lowbit.nn's storage) to its kernels.
 
     act: None (weight-only: the input stays float) or ``"dynamic_int8"`` (per-token int8
     activations) or ``"dynamic_int8_tensor"`` (one scale per input tensor).
-    backend: ``"auto"`` (per row count from the measured table), or force ``"native"``,
+    path: ``"auto"`` (per row count from the measured table), or force ``"integer"``,
     ``"dense"`` or ``"reference"`` (:class:`KernelUnavailableError` if it cannot run).
     act_impl: ``"eager"`` or ``"compile"`` (a cached ``torch.compile`` of the activation
     quantizer, for the int8 GEMM path).
@@ -179,4 +179,4 @@ def prepare_linear(qdata: torch.Tensor, scale: torch.Tensor, zero_point: torch.T
     the default, for speed) or rebuild it on every call that takes the dense path (memory).
     """
     return PreparedLinear(quant_weight(qdata, scale, zero_point, qtype, block_size), act,
-                          backend, act_impl, keep_dense)
+                          path, act_impl, keep_dense)

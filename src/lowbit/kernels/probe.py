@@ -1,4 +1,4 @@
-"""Probe a native kernel once per device before trusting it.
+"""Probe a integer kernel once per device before trusting it.
 
 Private aten ops change between PyTorch versions and devices (argument layouts, nibble
 order, shape limits).  :func:`probe` runs a kernel on a tiny weight of its op's format and

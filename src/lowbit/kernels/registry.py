@@ -1,4 +1,4 @@
-"""The kernel registry: ``(op, backend, device) -> KernelImpl``.
+"""The kernel registry: ``(op, path, device) -> KernelImpl``.
 
 An *op* names what is computed and the format of its operands (:data:`OP_CLASSES`):
 
@@ -8,11 +8,11 @@ An *op* names what is computed and the format of its operands (:data:`OP_CLASSES
 ``linear.w8a8``   weights of at most 8 bits × dynamic int8 activations (int8 GEMM)
 ``linear.w16a8``  wider weights × dynamic int8 activations (dense or reference)
 
-A *backend* is how: ``reference`` (dequantize on every call, plain float op: the slow twin,
-always present), ``native`` (PyTorch's integer kernels) and ``dense`` (dequantize once, keep
+A *path* is how: ``reference`` (dequantize on every call, plain float op: the slow twin,
+always present), ``integer`` (PyTorch's integer kernels) and ``dense`` (dequantize once, keep
 the float weight, run PyTorch's float GEMM in float32 or bfloat16).  Implementations register
 themselves (:func:`register`); adding a kernel adds an entry, it does not edit a dispatcher.
-An op may have several native kernels on one device (W8A8: ``_int_mm``, or int8 codes on the
+An op may have several integer kernels on one device (W8A8: ``_int_mm``, or int8 codes on the
 weight-only kernel where ``_int_mm`` has no fast path); the dispatch table names the one to use.
 """
 
@@ -23,9 +23,11 @@ from typing import Any, Callable
 
 import torch
 
+from ..config import KERNEL_PATHS
 from .weights import QuantWeight
 
-BACKENDS = ("reference", "native", "dense")
+#: The paths an implementation can belong to (what ``auto`` chooses among).
+PATHS = tuple(p for p in KERNEL_PATHS if p != "auto")
 
 #: (op, widest weight grid in bits, takes dynamic int8 activations); first match wins.
 OP_CLASSES: tuple[tuple[str, int, bool], ...] = (
@@ -54,7 +56,7 @@ class KernelImpl:
     """One implementation of an op.
 
     name: what runs (e.g. ``aten._int_mm``), recorded in the layer's record.
-    op, backend, device: its registry key (device ``"any"`` serves every device).
+    op, path, device: its registry key (device ``"any"`` serves every device).
     prepare(weight, compute_dtype) -> state: done once per layer (packing, dequantizing).
     run(state, x, bias, act) -> y: ``x`` rows ``[M, K]`` in the caller's dtype, ``y``
     ``[M, N]`` in the same dtype; ``act`` is an :class:`~lowbit.kernels.act` quantizer or None.
@@ -65,7 +67,7 @@ class KernelImpl:
 
     name: str
     op: str
-    backend: str
+    path: str
     device: str
     prepare: Callable[[QuantWeight, torch.dtype], Any]
     run: Callable[..., torch.Tensor]
@@ -80,31 +82,31 @@ _REGISTRY: dict[tuple[str, str, str, str], KernelImpl] = {}
 
 
 def register(impl: KernelImpl) -> KernelImpl:
-    """Add ``impl`` under ``(op, backend, device, name)``, replacing one of the same key.
+    """Add ``impl`` under ``(op, path, device, name)``, replacing one of the same key.
 
-    Several implementations may share ``(op, backend, device)``: the first registered is
+    Several implementations may share ``(op, path, device)``: the first registered is
     the default, the dispatch table may name another.
     """
-    assert impl.backend in BACKENDS, impl.backend
-    _REGISTRY[(impl.op, impl.backend, impl.device, impl.name)] = impl
+    assert impl.path in PATHS, impl.path
+    _REGISTRY[(impl.op, impl.path, impl.device, impl.name)] = impl
     return impl
 
 
 def registered() -> dict[tuple[str, str, str, str], KernelImpl]:
-    """A copy of the whole registry, keyed by ``(op, backend, device, name)``."""
+    """A copy of the whole registry, keyed by ``(op, path, device, name)``."""
     return dict(_REGISTRY)
 
 
-def candidates(op: str, backend: str, device) -> list[KernelImpl]:
-    """Implementations of ``op`` on ``backend`` for ``device``'s type (its own first, then
+def candidates(op: str, path: str, device) -> list[KernelImpl]:
+    """Implementations of ``op`` on ``path`` for ``device``'s type (its own first, then
     those registered for any device), in registration order."""
     kind = torch.device(device).type
-    return ([i for (o, b, d, _), i in _REGISTRY.items() if (o, b, d) == (op, backend, kind)]
-            + [i for (o, b, d, _), i in _REGISTRY.items() if (o, b, d) == (op, backend, "any")])
+    return ([i for (o, b, d, _), i in _REGISTRY.items() if (o, b, d) == (op, path, kind)]
+            + [i for (o, b, d, _), i in _REGISTRY.items() if (o, b, d) == (op, path, "any")])
 
 
-def find(op: str, backend: str, device, name: str | None = None) -> KernelImpl | None:
-    """The implementation of ``op`` on ``backend`` for ``device`` (the one called ``name``,
+def find(op: str, path: str, device, name: str | None = None) -> KernelImpl | None:
+    """The implementation of ``op`` on ``path`` for ``device`` (the one called ``name``,
     or the default), or None."""
-    found = [i for i in candidates(op, backend, device) if name is None or i.name == name]
+    found = [i for i in candidates(op, path, device) if name is None or i.name == name]
     return found[0] if found else None

@@ -9,6 +9,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..config import resolve_fq_impl
 from ..errors import ConfigError
 from ..records import LayerRecord
 from .batches import check_calib_data, check_max_batches, is_forward_loop, peek, run_batches
@@ -20,22 +21,24 @@ logger = logging.getLogger(__name__)
 
 
 def quantize_model(model: nn.Module, recipe: Any, calib_data: Any, *,
-                   max_batches: int | None = None, backend: str = "reference",
+                   max_batches: int | None = None, fq_impl: str = "reference",
                    convert: bool = True, example_inputs: Any = None,
-                   progress: Callable[[int], None] | None = None
-                   ) -> tuple[nn.Module, list[LayerRecord]]:
+                   progress: Callable[[int], None] | None = None,
+                   backend: str | None = None) -> tuple[nn.Module, list[LayerRecord]]:
     """prepare → calibrate → (convert) in one call; ``model`` itself is left untouched.
 
     recipe: a preset name ("w8a8", "w8a8-static", "w4a16-g128", ...), a Recipe or a path.
     calib_data: an iterable of batches (tuple/list → positional args, dict → keyword
     args, else the single argument) or a callable ``forward_loop(model)``.
     max_batches: observe at most this many batches (None or >= 1; with a forward loop, its
-    first N forwards of the model). backend: "reference" or "native".
+    first N forwards of the model). fq_impl: "reference" or "fused" (how fake quantization
+    computes; ``backend`` is its deprecated old name).
     convert: False keeps the calibrated fake-quant model (for QAT).
     example_inputs: one batch for finding layer roles; defaults to calib_data's first
     batch.
     Returns ``(model, records)``: the quantized copy and one LayerRecord per selected layer.
     """
+    fq_impl = resolve_fq_impl(fq_impl, backend)
     check_max_batches(max_batches)
     check_calib_data(calib_data)
     first, calib_data = peek(calib_data)
@@ -45,7 +48,7 @@ def quantize_model(model: nn.Module, recipe: Any, calib_data: Any, *,
                           fix="pass representative inputs (a few batches are enough)")
     if example_inputs is None:
         example_inputs = first
-    qmodel = prepare(model, recipe, example_inputs=example_inputs, backend=backend)
+    qmodel = prepare(model, recipe, example_inputs=example_inputs, fq_impl=fq_impl)
     with calibrate(qmodel, max_batches=max_batches):  # also bounds a forward loop's batches
         run_batches(qmodel, calib_data, max_batches, progress)
     if convert:
@@ -66,10 +69,11 @@ class PTQPipeline:
     """
 
     def __init__(self, model: nn.Module, recipe: Any = "w8a8-static", *,
-                 backend: str = "reference", input_fn: Callable[[Any], Any] | None = None):
+                 fq_impl: str = "reference", input_fn: Callable[[Any], Any] | None = None,
+                 backend: str | None = None):
         self.float_model = model
         self.recipe = recipe
-        self.backend = backend
+        self.fq_impl = resolve_fq_impl(fq_impl, backend)
         self.input_fn = input_fn or _inputs_of
         self.model: nn.Module | None = None
         self.quantized_model: nn.Module | None = None
@@ -82,7 +86,7 @@ class PTQPipeline:
             raise ConfigError("loader", "an empty iterable", "at least one batch",
                               fix="pass a loader that yields calibration batches")
         self.model = prepare(self.float_model, self.recipe, example_inputs=first,
-                             backend=self.backend)
+                             fq_impl=self.fq_impl)
         self.quantized_model = None  # a new calibration invalidates an earlier convert
         with calibrate(self.model):
             run_batches(self.model, batches, num_batches)

@@ -3,13 +3,13 @@
 A checkpoint is a DIRECTORY holding ``manifest.json`` and ``weights-<sha256[:16]>.safetensors``.
 Loading never unpickles: the manifest is JSON, the tensors safetensors.
 
-Manifest, format v1::
+Manifest, format v2::
 
     format          "lowbit-checkpoint"
-    format_version  1 (older versions are migrated on load: lowbit.model.migrations)
+    format_version  2 (older versions are migrated on load: lowbit.model.migrations)
     lowbit_version  the lowbit that wrote it
     recipe          Recipe.to_dict()
-    backend         "reference" | "native"
+    fq_impl         "reference" | "fused" (how fake quantization computes)
     stage           "prepared" | "calibrated" | "converted"
     layers          {name: {"module_type", "kind": "qat" | "quantized", "config": LayerConfig}}
     records         [LayerRecord.to_dict(), ...]
@@ -140,7 +140,7 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
                 "lowbit_version": __version__, "recipe": state.recipe.to_dict(),
-                "backend": state.backend, "stage": _stage(model), "layers": _layers(model),
+                "fq_impl": state.fq_impl, "stage": _stage(model), "layers": _layers(model),
                 "records": [r.to_dict() for r in state.records],
                 "roles": _roles_dict(state.roles), "observers": observers}
     tag = uuid.uuid4().hex
@@ -306,7 +306,7 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
                               "the manifest or save the model again") from None
     observed = {k: v for k, v in tensors.items() if k.startswith(OBSERVER_PREFIX)}
     weights = {k: v for k, v in tensors.items() if not k.startswith(OBSERVER_PREFIX)}
-    attach(model, configs, recipe, manifest["backend"], [], _roles(manifest.get("roles")))
+    attach(model, configs, recipe, manifest["fq_impl"], [], _roles(manifest.get("roles")))
     state = lowbit_state(model)
     state.records = records  # as saved (attach would re-annotate them)
     for name, entry in manifest["layers"].items():

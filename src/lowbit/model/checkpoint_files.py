@@ -2,7 +2,7 @@
 
 :func:`read_checkpoint` is the one way in: it checks the manifest (format, version), the
 weights file (name, size, sha256), reads it with safetensors (never unpickling), migrates
-older versions and validates the v1 fields.  Every failure is a :class:`CheckpointError`
+older versions and validates the current fields.  Every failure is a :class:`CheckpointError`
 naming the file and the fix.
 """
 
@@ -17,8 +17,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from ..config import FQ_IMPLS
 from ..errors import CheckpointError
-from ..nn.quantizer import BACKENDS
 from .migrations import FORMAT, FORMAT_VERSION, migrate
 
 MANIFEST = "manifest.json"
@@ -116,15 +116,15 @@ def _read_weights(directory: Path, manifest: dict) -> dict[str, torch.Tensor]:
 
 
 def _validate(manifest: dict, file: Path) -> None:
-    """Check the v1 fields' types (after migration)."""
+    """Check the current fields' types (after migration)."""
     def bad(field: str, allowed: str) -> CheckpointError:
         return CheckpointError(f"{file}: {field}={manifest.get(field)!r} is invalid: allowed "
                                f"{allowed}. Fix: restore the manifest or save the model again")
 
     if manifest.get("stage") not in STAGES:
         raise bad("stage", f"one of {STAGES}")
-    if manifest.get("backend") not in BACKENDS:
-        raise bad("backend", f"one of {BACKENDS}")
+    if manifest.get("fq_impl") not in FQ_IMPLS:
+        raise bad("fq_impl", f"one of {FQ_IMPLS}")
     for field, kind in (("layers", dict), ("records", list), ("recipe", dict)):
         if not isinstance(manifest.get(field), kind):
             raise bad(field, f"a {kind.__name__}")

@@ -43,7 +43,7 @@ def convert(model: nn.Module, *, inplace: bool = False) -> nn.Module:
         record = state.record(name)
         if record is not None:
             record.metrics["weight_bytes"] = real.nbytes()
-            for attr in ("kernel", "backend", "kernel_reason"):
+            for attr in ("kernel_path", "kernel", "kernel_reason"):
                 value = getattr(real, attr, None)
                 if isinstance(value, str):
                     setattr(record, attr, value)

@@ -43,15 +43,15 @@ import torch
 from ..config import LayerConfig, QuantSpec
 from ..errors import CheckpointError, ConfigError
 from ..presets import migrate_flags, recipe_from_flags
-from ..records import LayerRecord
+from ..records import LayerRecord, upgrade_record_dict
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "lowbit-checkpoint"
 #: The format version :func:`lowbit.model.checkpoint.save` writes and every migration reaches.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
-#: v0 ``quant_backend`` values and the lowbit backends they became.
+#: v0 ``quant_backend`` values and the v1 ``backend`` values they became.
 _V0_BACKENDS = {"python": "reference", "cpp": "native"}
 #: Flags of a v0 ``config`` that :func:`recipe_from_flags` takes.
 _V0_FLAG_KEYS = ("q_proj", "q_head", "q_block_linear", "quantize_all", "quant_bits",
@@ -165,10 +165,11 @@ def v0_to_v1(manifest: dict, tensors: Tensors) -> tuple[dict, Tensors]:
         for key, value in _weight_qparams(w_scale, config.weight, weight, name).items():
             out[f"{name}.weight_quantizer.{key}"] = value
         layers[name] = {"module_type": qat_type, "kind": "qat", "config": config.to_dict()}
-        records.append(LayerRecord(name, float_type, "quantized",
-                                   f"v0 checkpoint: role {role!r} quantized by its flags "
-                                   f"{flags}, with the legacy a_scale/w_scale",
-                                   config=config.to_dict(), backend=backend).to_dict())
+        records.append({"name": name, "module_type": float_type, "action": "quantized",
+                        "reason": f"v0 checkpoint: role {role!r} quantized by its flags "
+                                  f"{flags}, with the legacy a_scale/w_scale",
+                        "config": config.to_dict(), "backend": backend, "kernel": None,
+                        "kernel_reason": None, "metrics": {}})
     new = {"format": FORMAT, "format_version": 1, "lowbit_version": None,
            "recipe": recipe.to_dict(), "backend": backend, "stage": "calibrated",
            "layers": layers, "records": records, "observers": {},
@@ -179,8 +180,24 @@ def v0_to_v1(manifest: dict, tensors: Tensors) -> tuple[dict, Tensors]:
     return new, out
 
 
+def v1_to_v2(manifest: dict, tensors: Tensors) -> tuple[dict, Tensors]:
+    """v1 had one ``backend`` field for two things; v2 names them apart: the manifest's
+    ``backend`` (``reference``/``native``) becomes ``fq_impl`` (``reference``/``fused``), and
+    each record's ``backend`` becomes ``fq_impl`` or, after convert, ``kernel_path``."""
+    new = dict(manifest)
+    backend = new.pop("backend", "reference")
+    new["fq_impl"] = {"native": "fused"}.get(backend, backend)
+    records = new.get("records")
+    if isinstance(records, list):
+        new["records"] = [upgrade_record_dict(r) if isinstance(r, dict) else r
+                          for r in records]
+    new["format_version"] = 2
+    return new, tensors
+
+
 #: format version -> the function bringing a checkpoint of that version to the next.
-MIGRATIONS: dict[int, Callable[[dict, Tensors], tuple[dict, Tensors]]] = {0: v0_to_v1}
+MIGRATIONS: dict[int, Callable[[dict, Tensors], tuple[dict, Tensors]]] = {0: v0_to_v1,
+                                                                          1: v1_to_v2}
 
 
 def migrate(manifest: dict, tensors: Tensors) -> tuple[dict, Tensors]:

@@ -18,9 +18,9 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from ..config import LayerConfig
+from ..config import LayerConfig, resolve_fq_impl
 from ..errors import ConfigError, StateError
-from ..nn.quantizer import BACKENDS, TensorQuantizer
+from ..nn.quantizer import TensorQuantizer
 from ..nn.tables import QAT_MODULES
 from ..recipe import Recipe, load_recipe
 from ..records import LayerRecord
@@ -33,12 +33,12 @@ STATE_ATTR = "_lowbit_state"
 
 
 class LowbitState:
-    """What lowbit keeps on a prepared model: its recipe, backend and layer records."""
+    """What lowbit keeps on a prepared model: its recipe, ``fq_impl`` and layer records."""
 
-    def __init__(self, recipe: Recipe, backend: str, records: list[LayerRecord],
+    def __init__(self, recipe: Recipe, fq_impl: str, records: list[LayerRecord],
                  roles: RoleMap | None):
         self.recipe = recipe
-        self.backend = backend
+        self.fq_impl = fq_impl
         self.records = records
         self.roles = roles
         self.calibrated = False
@@ -90,22 +90,23 @@ def swap_module(model: nn.Module, name: str, new: nn.Module,
 
 
 def prepare(model: nn.Module, recipe: Any, *, example_inputs: Any = None,
-            backend: str = "reference", inplace: bool = False) -> nn.Module:
+            fq_impl: str = "reference", inplace: bool = False,
+            backend: str | None = None) -> nn.Module:
     """Swap the layers ``recipe`` selects for fake-quant modules with observers.
 
     recipe: a preset name, a :class:`Recipe`, a path to JSON/YAML, or "module:attr".
     example_inputs: one batch (tuple → positional, dict → keyword, else the single
     argument) used to find layer roles by execution order when the recipe uses roles.
-    backend: "reference" (lowbit's autograd) or "native" (PyTorch fused kernels).
+    fq_impl: how fake quantization computes: "reference" (lowbit's autograd) or "fused"
+    (PyTorch's fused fake-quant ops). ``backend`` is its deprecated old name ("native" =
+    "fused").
     inplace: modify ``model`` itself instead of a deep copy.
     Returns the prepared model; its records are in ``lowbit_state(model).records``.
     """
     if not isinstance(model, nn.Module):
         raise ConfigError("model", type(model).__name__, "a torch.nn.Module",
                           fix="pass the float model itself")
-    if backend not in BACKENDS:
-        raise ConfigError("backend", backend, f"one of {BACKENDS}",
-                          fix="use 'reference' (python) or 'native' (cpp)")
+    fq_impl = resolve_fq_impl(fq_impl, backend)
     if getattr(model, STATE_ATTR, None) is not None:
         raise StateError("this model was already prepared by lowbit; prepare the float model")
     recipe = load_recipe(recipe)
@@ -117,13 +118,13 @@ def prepare(model: nn.Module, recipe: Any, *, example_inputs: Any = None,
         raise ConfigError("model", type(model).__name__, "a model that contains the layers "
                           "to quantize", fix="wrap a single layer, e.g. nn.Sequential(layer), "
                           "or use QuantizedLinear.from_linear(layer) for one Linear")
-    attach(model, configs, recipe, backend, records, roles)
+    attach(model, configs, recipe, fq_impl, records, roles)
     n_q = sum(r.action == "quantized" for r in records)
-    logger.info("prepared %d layer(s) with recipe %r (%s backend)", n_q, recipe.name, backend)
+    logger.info("prepared %d layer(s) with recipe %r (fq_impl=%s)", n_q, recipe.name, fq_impl)
     return model
 
 
-def attach(model: nn.Module, configs: dict[str, LayerConfig], recipe: Recipe, backend: str,
+def attach(model: nn.Module, configs: dict[str, LayerConfig], recipe: Recipe, fq_impl: str,
            records: list[LayerRecord], roles: RoleMap | None) -> None:
     """Swap each named float layer for its fake-quant module and attach lowbit's state."""
     by_name = {r.name: r for r in records}
@@ -131,14 +132,13 @@ def attach(model: nn.Module, configs: dict[str, LayerConfig], recipe: Recipe, ba
     for name, config in configs.items():
         float_module = model.get_submodule(name)
         qat_cls = QAT_MODULES[type(float_module)]
-        qmod = qat_cls.from_float(float_module, config, backend=backend)
+        qmod = qat_cls.from_float(float_module, config, fq_impl=fq_impl)
         swap_module(model, name, qmod, aliases)
         record = by_name.get(name)
         if record is not None:
-            record.backend = backend
-            if qmod.fallback_reason:
-                record.kernel_reason = qmod.fallback_reason
-    setattr(model, STATE_ATTR, LowbitState(recipe, backend, records, roles))
+            record.fq_impl = fq_impl
+            record.fq_fallback = qmod.fallback_reason
+    setattr(model, STATE_ATTR, LowbitState(recipe, fq_impl, records, roles))
     model.start_calibration = types.MethodType(start_calibration, model)
     model.end_calibration = types.MethodType(end_calibration, model)
 

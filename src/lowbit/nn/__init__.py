@@ -4,17 +4,17 @@ from .qat import (QuantConv1d, QuantConv2d, QuantEmbedding, QuantLinear, QuantMo
                   weight_matrix)
 from .quantized import (DEFAULT_WEIGHT_SPEC, QuantizedConv1d, QuantizedConv2d,
                         QuantizedEmbedding, QuantizedLinear, QuantizedModule,
-                        set_kernel_backend)
-from .quantizer import BACKENDS, TensorQuantizer, native_fallback_reason
+                        set_kernel_path)
+from .quantizer import TensorQuantizer, fused_fallback_reason
 from .tables import (QAT_MODULES, QUANTIZED_MODULES, qat_class_for, quantized_class_for,
                      register_qat_module, register_quantized_module)
 
 __all__ = [
-    "BACKENDS", "TensorQuantizer", "native_fallback_reason",
+    "TensorQuantizer", "fused_fallback_reason",
     "QuantModuleMixin", "QuantLinear", "QuantConv1d", "QuantConv2d", "QuantEmbedding",
     "weight_matrix",
     "QuantizedModule", "QuantizedLinear", "QuantizedConv1d", "QuantizedConv2d",
-    "QuantizedEmbedding", "DEFAULT_WEIGHT_SPEC", "set_kernel_backend",
+    "QuantizedEmbedding", "DEFAULT_WEIGHT_SPEC", "set_kernel_path",
     "QAT_MODULES", "QUANTIZED_MODULES", "register_qat_module", "register_quantized_module",
     "qat_class_for", "quantized_class_for",
 ]

@@ -42,15 +42,15 @@ class QuantModuleMixin:
 
     _FLOAT_CLS: type = nn.Module
 
-    def _init_quantizers(self, config: LayerConfig, backend: str, device=None) -> None:
+    def _init_quantizers(self, config: LayerConfig, fq_impl: str, device=None) -> None:
         if not isinstance(config, LayerConfig):
             raise ConfigError("config", config, "a lowbit LayerConfig",
                               fix="pass LayerConfig(weight=QuantSpec(...), act=QuantSpec(...))")
         self.config = config
-        self.backend = backend
-        self.weight_quantizer = (TensorQuantizer(config.weight, backend)
+        self.fq_impl = fq_impl
+        self.weight_quantizer = (TensorQuantizer(config.weight, fq_impl)
                                  if config.weight is not None else None)
-        self.act_quantizer = (TensorQuantizer(config.act, backend)
+        self.act_quantizer = (TensorQuantizer(config.act, fq_impl)
                               if config.act is not None else None)
         if device is not None and torch.device(device).type != "meta":
             for q in self.quantizers():
@@ -79,7 +79,7 @@ class QuantModuleMixin:
 
     @property
     def fallback_reason(self) -> str | None:
-        """Why a quantizer fell back from the native backend, or None."""
+        """Why a quantizer fell back from ``fq_impl='fused'`` to the reference, or None."""
         reasons = [f"{n}: {q.fallback_reason}" for n, q in
                    (("weight", self.weight_quantizer), ("act", self.act_quantizer))
                    if q is not None and q.fallback_reason]
@@ -124,8 +124,8 @@ class QuantModuleMixin:
         return x if self.act_quantizer is None else self.act_quantizer(x)
 
     def summary(self) -> dict:
-        """Backend and the summaries of both quantizers (None where absent)."""
-        return {"module_type": type(self).__name__, "backend": self.backend,
+        """``fq_impl`` and the summaries of both quantizers (None where absent)."""
+        return {"module_type": type(self).__name__, "fq_impl": self.fq_impl,
                 "fallback_reason": self.fallback_reason,
                 "weight": None if self.weight_quantizer is None
                 else self.weight_quantizer.summary(),
@@ -144,17 +144,17 @@ class QuantLinear(QuantModuleMixin, nn.Linear):
     _FLOAT_CLS = nn.Linear
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
-                 config: LayerConfig, backend: str = "reference", device=None, dtype=None):
+                 config: LayerConfig, fq_impl: str = "reference", device=None, dtype=None):
         nn.Linear.__init__(self, in_features, out_features, bias, device=device, dtype=dtype)
-        self._init_quantizers(config, backend, device)
+        self._init_quantizers(config, fq_impl, device)
 
     @classmethod
     def from_float(cls, module: nn.Linear, config: LayerConfig,
-                   backend: str = "reference") -> "QuantLinear":
+                   fq_impl: str = "reference") -> "QuantLinear":
         """QAT twin of ``module`` sharing its Parameters."""
         cls._check_float(module)
         q = cls(module.in_features, module.out_features, module.bias is not None,
-                config=config, backend=backend, device="meta")
+                config=config, fq_impl=fq_impl, device="meta")
         q._adopt(module)
         return q
 
@@ -179,10 +179,10 @@ class _QuantConvNd(QuantModuleMixin):
                     bias=module.bias is not None, padding_mode=module.padding_mode)
 
     @classmethod
-    def from_float(cls, module: nn.Module, config: LayerConfig, backend: str = "reference"):
+    def from_float(cls, module: nn.Module, config: LayerConfig, fq_impl: str = "reference"):
         """QAT twin of ``module`` (all conv arguments preserved) sharing its Parameters."""
         cls._check_float(module)
-        q = cls(**cls.conv_args(module), config=config, backend=backend, device="meta")
+        q = cls(**cls.conv_args(module), config=config, fq_impl=fq_impl, device="meta")
         q._adopt(module)
         return q
 
@@ -201,10 +201,10 @@ class QuantConv1d(_QuantConvNd, nn.Conv1d):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, padding_mode="zeros", *, config: LayerConfig,
-                 backend: str = "reference", device=None, dtype=None):
+                 fq_impl: str = "reference", device=None, dtype=None):
         nn.Conv1d.__init__(self, in_channels, out_channels, kernel_size, stride, padding,
                            dilation, groups, bias, padding_mode, device=device, dtype=dtype)
-        self._init_quantizers(config, backend, device)
+        self._init_quantizers(config, fq_impl, device)
 
 
 class QuantConv2d(_QuantConvNd, nn.Conv2d):
@@ -214,10 +214,10 @@ class QuantConv2d(_QuantConvNd, nn.Conv2d):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, padding_mode="zeros", *, config: LayerConfig,
-                 backend: str = "reference", device=None, dtype=None):
+                 fq_impl: str = "reference", device=None, dtype=None):
         nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size, stride, padding,
                            dilation, groups, bias, padding_mode, device=device, dtype=dtype)
-        self._init_quantizers(config, backend, device)
+        self._init_quantizers(config, fq_impl, device)
 
 
 def check_embedding_config(config: LayerConfig, max_norm) -> None:
@@ -247,14 +247,14 @@ class QuantEmbedding(QuantModuleMixin, nn.Embedding):
 
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx=None,
                  max_norm=None, norm_type: float = 2.0, scale_grad_by_freq: bool = False,
-                 sparse: bool = False, *, config: LayerConfig, backend: str = "reference",
+                 sparse: bool = False, *, config: LayerConfig, fq_impl: str = "reference",
                  device=None, dtype=None):
         check_embedding_config(config, max_norm)
         nn.Embedding.__init__(self, num_embeddings, embedding_dim, padding_idx, max_norm,
                               norm_type, scale_grad_by_freq, sparse,
                               _weight=_meta_table(num_embeddings, embedding_dim, device, dtype),
                               device=device, dtype=dtype)
-        self._init_quantizers(config, backend, device)
+        self._init_quantizers(config, fq_impl, device)
 
     @staticmethod
     def embedding_args(module: nn.Module) -> dict:
@@ -266,10 +266,10 @@ class QuantEmbedding(QuantModuleMixin, nn.Embedding):
 
     @classmethod
     def from_float(cls, module: nn.Embedding, config: LayerConfig,
-                   backend: str = "reference") -> "QuantEmbedding":
+                   fq_impl: str = "reference") -> "QuantEmbedding":
         """QAT twin of ``module`` sharing its table."""
         cls._check_float(module)
-        q = cls(**cls.embedding_args(module), config=config, backend=backend, device="meta")
+        q = cls(**cls.embedding_args(module), config=config, fq_impl=fq_impl, device="meta")
         q._adopt(module)
         return q
 

@@ -14,18 +14,18 @@ plus the metadata ``weight_spec``, ``qtype``, ``block_size`` and ``weight_shape`
 
 Forward fake-quantizes the input exactly as the QAT module does, dequantizes the weight and
 runs the float op through one boundary, :meth:`_forward_float`.  With
-``kernel_backend="reference"`` converted outputs are bit-identical to the calibrated QAT
+``requested_kernel_path="reference"`` converted outputs are bit-identical to the calibrated QAT
 module's outputs.
 
-Kernels (``QuantizedLinear``): ``kernel_backend`` (default ``"auto"``; set it with
-:meth:`QuantizedModule.set_kernel_backend` or :func:`set_kernel_backend` for a whole model)
+Kernels (``QuantizedLinear``): ``requested_kernel_path`` (default ``"auto"``; set it with
+:meth:`QuantizedModule.set_kernel_path` or :func:`set_kernel_path` for a whole model)
 runs the layer on :func:`lowbit.kernels.prepare_linear` when its formats are ones the kernels
 take (int8 per-channel weights or ≤4-bit weights grouped along the input dim; input float,
 dynamic int8 per-token affine, or static int8 per-tensor).  The prepared kernel is built at
 the first forward and cached as a plain attribute (never in ``state_dict``); it is rebuilt
 when ``qdata``/``scale``/``zero_point``/the input qparams change (new tensors, in-place
 writes, ``load_state_dict``, ``.to()``).  Other formats, conv and embedding layers keep the
-reference forward; ``kernel``, ``backend`` and ``kernel_reason`` say what runs and why (and
+reference forward; ``kernel_path``, ``kernel`` and ``kernel_reason`` say what runs and why (and
 ``lowbit.model.convert`` copies them into the layer's record).  Kernel outputs match the
 reference within the bfloat16 rounding the kernels add (see :mod:`lowbit.kernels.linear`).
 
@@ -39,12 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import LayerConfig, QuantSpec
+from ..config import LayerConfig, QuantSpec, check_kernel_path
 from ..types import PerTensor, PerToken, Scheme
 from .qat import (QuantConv1d, QuantConv2d, QuantEmbedding, QuantLinear, _meta_table,
                   check_embedding_config)
-from .quantized_base import (DEFAULT_WEIGHT_SPEC, KERNEL_BACKENDS, PACK_MAX_BITS,  # noqa: F401
-                             QuantizedModule)
+from .quantized_base import DEFAULT_WEIGHT_SPEC, PACK_MAX_BITS, QuantizedModule  # noqa: F401
 
 
 class QuantizedLinear(QuantizedModule):
@@ -126,7 +125,7 @@ class QuantizedLinear(QuantizedModule):
         ts = [self.qdata, self.scale, self.zero_point]
         if self.act_quantizer is not None:
             ts += [self.act_quantizer.scale, self.act_quantizer.zero_point]
-        return (self.kernel_backend,) + tuple(
+        return (self.requested_kernel_path,) + tuple(
             (t.device, t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for t in ts)
 
     def _prepared(self):
@@ -137,7 +136,8 @@ class QuantizedLinear(QuantizedModule):
         if cached is None or self.__dict__.get("_kernel_cache_key") != key:
             act, _ = self._act_mode()
             prepared = prepare_linear(self.qdata, self.scale, self.zero_point, self.qtype,
-                                      self.block_size, act=act, backend=self.kernel_backend)
+                                      self.block_size, act=act,
+                                      path=self.requested_kernel_path)
             static = None
             if act == "dynamic_int8_tensor":
                 aq = self.act_quantizer
@@ -155,17 +155,17 @@ class QuantizedLinear(QuantizedModule):
         cached = self.__dict__.get("_kernel")
         if cached is not None and self.__dict__.get("_kernel_cache_key") == self._kernel_key():
             f = cached[0].record_fields()
-            return f["backend"], f["kernel"], f["kernel_reason"]
+            return f["kernel_path"], f["kernel"], f["kernel_reason"]
         from ..errors import KernelUnavailableError
         from ..kernels import plan, quant_weight
         from ..kernels.registry import linear_op
         act, _ = self._act_mode()
         w = quant_weight(self.qdata, self.scale, self.zero_point, self.qtype, self.block_size)
         try:
-            p = plan(linear_op(w, act), w, torch.float32, self.kernel_backend)
+            p = plan(linear_op(w, act), w, torch.float32, self.requested_kernel_path)
         except KernelUnavailableError as exc:
-            return self.kernel_backend, "unavailable", str(exc)
-        return ("+".join(dict.fromkeys(c.backend for c in p.choices)),
+            return self.requested_kernel_path, "unavailable", str(exc)
+        return ("+".join(dict.fromkeys(c.path for c in p.choices)),
                 "; ".join(c.describe() for c in p.choices),
                 "; ".join(c.reason for c in p.choices))
 
@@ -258,10 +258,13 @@ class QuantizedEmbedding(QuantizedModule):
                            self.scale_grad_by_freq, self.sparse)
 
 
-def set_kernel_backend(model: nn.Module, backend: str) -> nn.Module:
-    """Set ``kernel_backend`` on every real low-bit module of ``model`` (or ``model`` itself);
-    ``"reference"`` makes a converted model bit-identical to its fake-quant model."""
+def set_kernel_path(model: nn.Module, path: str) -> nn.Module:
+    """Ask every real low-bit module of ``model`` (or ``model`` itself) for kernel ``path``
+    (:data:`~lowbit.config.KERNEL_PATHS`); ``"reference"`` makes a converted model
+    bit-identical to its fake-quant model."""
+    check_kernel_path(path)
     for m in model.modules():
         if isinstance(m, QuantizedModule):
-            m.set_kernel_backend(backend)
+            m.set_kernel_path(path)
     return model
+

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import LayerConfig, QuantSpec
+from ..config import LayerConfig, QuantSpec, check_kernel_path
 from ..errors import ConfigError, StateError
 from ..primitives.affine import dequantize, quantize
 from ..primitives.packing import pack_codes, packed_size, unpack_codes
@@ -20,9 +20,6 @@ from .quantizer import TensorQuantizer
 #: Grids of at most this many bits are stored packed (two int4 codes per byte).
 PACK_MAX_BITS = 4
 
-#: Kernel backends a real module accepts (see :mod:`lowbit.kernels.dispatch`).
-KERNEL_BACKENDS = ("auto", "native", "dense", "reference")
-
 #: ``QuantizedLinear.from_linear``'s default weight spec (seed 001: int8 symmetric per channel).
 DEFAULT_WEIGHT_SPEC = QuantSpec(qtype=int8, scheme=Scheme.SYMMETRIC, granularity=PerChannel(0))
 
@@ -31,21 +28,18 @@ class QuantizedModule(nn.Module):
     """Weight storage, activation quantizer and forward shared by the real modules."""
 
     _QAT_CLS: type = QuantModuleMixin
-    #: The kernel backend a new module asks for (layers without kernels run the reference
+    #: The kernel path a new module asks for (layers without kernels run the reference
     #: path whatever it is, and ``kernel_reason`` says so).
-    DEFAULT_KERNEL_BACKEND = "auto"
+    DEFAULT_KERNEL_PATH = "auto"
 
     # ------------------------------------------------------------------ kernels
 
-    def set_kernel_backend(self, backend: str) -> "QuantizedModule":
-        """Choose how forward runs: ``"auto"`` (the dispatch table), ``"native"``,
+    def set_kernel_path(self, path: str) -> "QuantizedModule":
+        """Choose how forward runs: ``"auto"`` (chosen per input size), ``"integer"``,
         ``"dense"`` or ``"reference"`` (dequantize + float op, bit-identical to fake-quant).
         Layers or formats without kernels keep the reference path and say why
         (``kernel_reason``)."""
-        if backend not in KERNEL_BACKENDS:
-            raise ConfigError("backend", backend, f"one of {KERNEL_BACKENDS}",
-                              fix="'auto' (dispatch table), 'native', 'dense' or 'reference'")
-        self.kernel_backend = backend
+        self.requested_kernel_path = check_kernel_path(path)
         self._invalidate_kernel()
         return self
 
@@ -58,8 +52,8 @@ class QuantizedModule(nn.Module):
         return f"{type(self).__name__} has no integer kernel wired; reference path"
 
     @property
-    def backend(self) -> str:
-        """The backend(s) forward runs on, e.g. ``"native+dense"`` or ``"reference"``."""
+    def kernel_path(self) -> str:
+        """The path(s) forward runs on, e.g. ``"integer+dense"`` or ``"reference"``."""
         return self._kernel_info()[0]
 
     @property
@@ -74,9 +68,8 @@ class QuantizedModule(nn.Module):
 
     def _kernel_info(self) -> tuple[str, str, str]:
         ref = ("reference", f"dequantize + {self._reference_op} (reference)")
-        backend = getattr(self, "kernel_backend", "reference")
-        if backend == "reference":
-            return ref + ("kernel_backend='reference' (bit-identical to fake-quant)",)
+        if getattr(self, "requested_kernel_path", "reference") == "reference":
+            return ref + ("kernel path 'reference' requested (bit-identical to fake-quant)",)
         why = self.kernel_unsupported()
         if why is not None:
             return ref + (why,)
@@ -99,7 +92,7 @@ class QuantizedModule(nn.Module):
                               fix="pass QuantSpec(...) or None to keep the input float")
         self.weight_spec = weight_spec
         self.qtype = weight_spec.qtype
-        self.kernel_backend = self.DEFAULT_KERNEL_BACKEND
+        self.requested_kernel_path = self.DEFAULT_KERNEL_PATH
         self._invalidate_kernel()
         self.weight_shape = tuple(int(n) for n in weight_shape)
         self.weight_dtype = dtype or torch.get_default_dtype()
@@ -162,7 +155,7 @@ class QuantizedModule(nn.Module):
         return sum(t.numel() * t.element_size() for t in self.state_dict().values())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (getattr(self, "kernel_backend", "reference") != "reference"
+        if (getattr(self, "requested_kernel_path", "reference") != "reference"
                 and not (torch.is_grad_enabled() and x.requires_grad)
                 and self.kernel_unsupported() is None):
             return self._forward_kernel(x)

@@ -12,11 +12,11 @@ States (see :attr:`TensorQuantizer.state`):
                   (min/max, :func:`choose_qparams` semantics).
 ``fixed``         ``FIXED_POINT`` before freezing: the scale ``2**-frac_bits`` needs no data.
 
-Backends: ``reference`` runs lowbit's own autograd (:func:`affine.fake_quantize`,
-:func:`lsq_fake_quantize`); ``native`` runs PyTorch's fused kernels
+``fq_impl`` (how it computes): ``reference`` runs lowbit's own autograd
+(:func:`affine.fake_quantize`, :func:`lsq_fake_quantize`); ``fused`` runs PyTorch's fused ops
 (``torch.fake_quantize_per_{tensor,channel}_affine`` and their ``_learnable`` twins, whose
 ``grad_factor`` is LSQ's gradient scale ``g``).  Both use ``g = 1/sqrt(N · qmax)`` with ``N``
-the number of elements per step, so they agree.  Where native has no kernel (per group, per
+the number of elements per step, so they agree.  Where no fused op exists (per group, per
 token) the quantizer runs the reference path and :attr:`fallback_reason` says why.
 """
 
@@ -27,8 +27,8 @@ import logging
 import torch
 from torch import nn
 
-from ..config import QuantSpec
-from ..errors import ConfigError, InputError, StateError, check_choice
+from ..config import QuantSpec, check_fq_impl
+from ..errors import ConfigError, InputError, StateError
 from ..observers import make_observer
 from ..primitives.affine import EPS, choose_qparams, expand_param, fake_quantize, qparams_from_range
 from ..primitives.lsq import lsq_fake_quantize, lsq_grad_scale
@@ -36,19 +36,17 @@ from ..types import PerChannel, PerTensor, QParams, Scheme
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("reference", "native")
-
-#: Granularities PyTorch has fused fake-quant kernels for (registry: add a kind, not an if).
-NATIVE_GRANULARITIES = {PerTensor.kind: "per tensor kernel", PerChannel.kind: "per channel kernel"}
+#: Granularities PyTorch has fused fake-quant ops for (registry: add a kind, not an if).
+FUSED_GRANULARITIES = {PerTensor.kind: "per tensor kernel", PerChannel.kind: "per channel kernel"}
 
 
-def native_fallback_reason(spec: QuantSpec) -> str | None:
-    """Why the ``native`` backend cannot serve ``spec`` (None when it can)."""
+def fused_fallback_reason(spec: QuantSpec) -> str | None:
+    """Why ``fq_impl='fused'`` cannot serve ``spec`` (None when it can)."""
     kind = spec.granularity.kind
-    if kind in NATIVE_GRANULARITIES:
+    if kind in FUSED_GRANULARITIES:
         return None
-    return (f"native backend has no fused fake-quant kernel for {kind} granularity "
-            f"(only {', '.join(sorted(NATIVE_GRANULARITIES))}); using the reference backend")
+    return (f"PyTorch has no fused fake-quant op for {kind} granularity "
+            f"(only {', '.join(sorted(FUSED_GRANULARITIES))}); fq_impl='reference' instead")
 
 
 def fit_qparams(scale: torch.Tensor, zero_point: torch.Tensor,
@@ -89,23 +87,22 @@ def _fixed_qparams(spec: QuantSpec, device=None) -> QParams:
 
 
 class TensorQuantizer(nn.Module):
-    """Fake-quantizes one tensor as ``spec`` says, with a ``reference`` or ``native`` backend.
+    """Fake-quantizes one tensor as ``spec`` says, computed by ``fq_impl`` (``reference`` or
+    ``fused``).
 
     The observer is kept out of ``state_dict`` (reach it through :attr:`observer`); the
     state_dict holds ``scale``, ``zero_point`` and ``block_size`` (empty until frozen), and
     loading a frozen state into a fresh quantizer freezes it.
     """
 
-    def __init__(self, spec: QuantSpec, backend: str = "reference"):
+    def __init__(self, spec: QuantSpec, fq_impl: str = "reference"):
         super().__init__()
         if not isinstance(spec, QuantSpec):
             raise ConfigError("spec", spec, "a lowbit QuantSpec",
                               fix="pass QuantSpec(qtype=..., scheme=..., granularity=...)")
-        check_choice("backend", backend, BACKENDS,
-                     fix="'reference' (lowbit autograd) or 'native' (PyTorch fused kernels)")
         self.spec = spec
-        self.backend = backend
-        self.fallback_reason = native_fallback_reason(spec) if backend == "native" else None
+        self.fq_impl = check_fq_impl(fq_impl)
+        self.fallback_reason = fused_fallback_reason(spec) if fq_impl == "fused" else None
         if self.fallback_reason:
             logger.info("TensorQuantizer: %s", self.fallback_reason)
         self.enabled = True
@@ -145,9 +142,9 @@ class TensorQuantizer(nn.Module):
         return "fixed" if self.spec.scheme is Scheme.FIXED_POINT else "uncalibrated"
 
     @property
-    def uses_native(self) -> bool:
-        """True when forward runs PyTorch's fused kernels."""
-        return self.backend == "native" and self.fallback_reason is None
+    def uses_fused(self) -> bool:
+        """True when forward runs PyTorch's fused fake-quant ops."""
+        return self.fq_impl == "fused" and self.fallback_reason is None
 
     def start_observing(self, reset: bool = False) -> "TensorQuantizer":
         """Enter calibration: forward observes inputs and returns them unchanged.
@@ -282,8 +279,8 @@ class TensorQuantizer(nn.Module):
             scale = scale.clamp(min=EPS)  # keep the learned step positive, as LSQ asks
             grad_scale = lsq_grad_scale(max(1, x.numel() // max(1, scale.numel())),
                                         max(1, qtype.qmax))
-        if self.uses_native:
-            return self._native(xf, scale, zero, grad_scale)
+        if self.uses_fused:
+            return self._fused(xf, scale, zero, grad_scale)
         if learnable:
             shape = tuple(x.shape)
             return lsq_fake_quantize(xf, expand_param(scale, shape, block),
@@ -291,7 +288,7 @@ class TensorQuantizer(nn.Module):
                                      qtype.qmin, qtype.qmax, grad_scale)
         return fake_quantize(xf, QParams(scale, zero, qtype, block))
 
-    def _native(self, xf, scale, zero, grad_scale):
+    def _fused(self, xf, scale, zero, grad_scale):
         """PyTorch's fused kernels; ``scale``/``zero`` have ``xf``'s rank (per tensor/channel)."""
         qmin, qmax = self.spec.qtype.qmin, self.spec.qtype.qmax
         if scale.numel() == 1:
@@ -308,7 +305,7 @@ class TensorQuantizer(nn.Module):
                 xf, scale.detach().reshape(()), zero.reshape(()), qmin, qmax)
         axes = [d for d, n in enumerate(scale.shape) if n > 1]
         assert len(axes) == 1 and scale.shape[axes[0]] == xf.shape[axes[0]], \
-            f"native per-channel kernel got qparams {tuple(scale.shape)} for {tuple(xf.shape)}"
+            f"fused per-channel op got qparams {tuple(scale.shape)} for {tuple(xf.shape)}"
         axis, channels = axes[0], scale.shape[axes[0]]
         if grad_scale is not None:
             return torch._fake_quantize_learnable_per_channel_affine(
@@ -320,7 +317,7 @@ class TensorQuantizer(nn.Module):
     # ------------------------------------------------------------------ reporting, loading
 
     def summary(self) -> dict:
-        """Spec, backend (and fallback reason), state, compact qparams and observer summary."""
+        """Spec, fq_impl (and fallback reason), state, compact qparams and observer summary."""
         qp = None
         if self.is_frozen:
             scale = self.scale.detach()
@@ -330,8 +327,8 @@ class TensorQuantizer(nn.Module):
                   "zero_point_min": int(self.zero_point.min()),
                   "zero_point_max": int(self.zero_point.max())}
         observed = self._has_data()
-        return {"spec": self.spec.to_dict(), "backend": self.backend,
-                "native": self.uses_native, "fallback_reason": self.fallback_reason,
+        return {"spec": self.spec.to_dict(), "fq_impl": self.fq_impl,
+                "fused": self.uses_fused, "fallback_reason": self.fallback_reason,
                 "state": self.state, "enabled": self.enabled, "learnable": self.spec.learnable,
                 "qparams": qp, "n_observed": self._n_observed,
                 "observer": self._observer.summary() if observed else None,
@@ -340,7 +337,7 @@ class TensorQuantizer(nn.Module):
     def extra_repr(self) -> str:
         s = self.spec
         return (f"{s.qtype.name}, {s.scheme.value}, {s.granularity.kind}, "
-                f"backend={self.backend}, state={self.state}")
+                f"fq_impl={self.fq_impl}, state={self.state}")
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):

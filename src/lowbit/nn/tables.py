@@ -1,7 +1,7 @@
 """The float -> QAT -> real module tables.
 
 ``QAT_MODULES`` maps a float module class to its fake-quant twin (built with
-``qat_cls.from_float(module, config, backend)``); ``QUANTIZED_MODULES`` maps a QAT class to
+``qat_cls.from_float(module, config, fq_impl)``); ``QUANTIZED_MODULES`` maps a QAT class to
 its real low-bit twin (built with ``real_cls.from_qat(qat_module)``).  A new module type adds
 an entry with :func:`register_qat_module` / :func:`register_quantized_module`, never an
 if-chain.  Look-ups use the module's exact type: QAT classes subclass their float classes, so
