@@ -98,3 +98,10 @@ def test_ci_fails_when_the_test_command_fails_or_collects_nothing(tmp_path, stat
     assert "ran-readme-command" in out.stdout.splitlines()[-1]
     if status == 5:
         assert "collected no tests" in out.stderr
+
+
+def test_ci_runs_the_fast_tests_again_with_avx2_kernels():
+    """Every CI run exercises an AVX2 machine's behaviour, whatever CPU it runs on."""
+    text = CI_RUN.read_text(encoding="utf-8")
+    assert "ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2" in text
+    assert "python -m pytest -m 'not slow'" in text

@@ -19,8 +19,20 @@ def w8(qweight):
     return quant_weight(*qweight(torch.randn(32, 64), int8, PerChannel(0)))
 
 
-def test_machine_names_a_table_class():
-    assert machine("cpu") in ("cpu.amx", "cpu.avx512_vnni", "cpu.avx2", "cpu")
+@pytest.mark.parametrize("flags,expected", [
+    ({"_is_amx_tile_supported", "_is_avx512_bf16_supported", "_is_vnni_supported",
+      "_is_avx512_supported", "_is_avx2_supported"}, "cpu.amx"),
+    ({"_is_vnni_supported", "_is_avx512_supported", "_is_avx2_supported"}, "cpu.avx512_vnni"),
+    ({"_is_avx512_supported", "_is_avx2_supported"}, "cpu.avx2"),
+    ({"_is_avx2_supported"}, "cpu.avx2"),
+    (set(), "cpu"),
+])
+def test_machine_names_the_most_capable_class_whose_probes_all_pass(monkeypatch, flags,
+                                                                     expected):
+    for _, probes in dispatch.CPU_CLASSES:
+        for name in probes:
+            monkeypatch.setattr(torch.cpu, name, lambda name=name: name in flags, raising=False)
+    assert machine("cpu") == expected
     assert machine("cuda") == "cuda", "named without initialising CUDA"
 
 

@@ -263,7 +263,7 @@ def test_quantization_config_modes_run_end_to_end():
         if not config.qat:  # (QAT moved the weights away from the float model's)
             with torch.no_grad():
                 err = (q(probe) - model(probe)).abs().max() / model(probe).abs().max()
-            # measured 0.009 (int8) and 0.085 (int4)
+            # about 3x the typical relative error of int8 / int4 rounding on this toy model
             assert err < (0.03 if config.bits == 8 else 0.2), f"{mode}: relative error {err}"
 
 
