@@ -63,6 +63,7 @@ LAYER_MAP: list[tuple[str, int]] = [
     # L8: front ends, on top of the public API
     ("cli/*", 8),
     ("zoo/*", 8),
+    ("compat/*", 8),
 ]
 
 #: Files under algorithms/ that every algorithm may import: the shared block runner and the

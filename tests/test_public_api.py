@@ -136,3 +136,32 @@ def test_the_step_by_step_quickstart_runs():
         "w4a8 stores the head's weights as packed int4"
     with torch.no_grad():
         assert torch.equal(qmodel(calib[0]), scope["fq"](calib[0]))
+
+
+# ---------------------------------------------------------------- names kept across the compat move
+
+#: Public names users already call; moving their code into lowbit.compat must keep them here.
+KEPT_NAMES = ("quantize_symmetric", "dequantize", "quantize_weight_per_channel",
+              "calculate_quantization_error", "QuantizationConfig", "PTQPipeline",
+              "recipe_from_flags", "quantize", "choose_qparams", "prepare", "calibrate",
+              "convert", "quantize_model", "save", "load", "QuantizedLinear")
+
+
+@pytest.mark.parametrize("name", KEPT_NAMES)
+def test_public_names_are_kept(name):
+    assert callable(getattr(lowbit, name))
+
+
+def test_quantize_and_dequantize_are_a_matching_pair():
+    """``lowbit.dequantize`` inverts ``lowbit.quantize`` given the same QParams, and still
+    takes the one-call form ``dequantize(q, scale)`` of ``quantize_symmetric``."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 16)
+    qp = lowbit.choose_qparams(x, lowbit.int8, lowbit.Scheme.AFFINE, lowbit.PerChannel(0))
+    q = lowbit.quantize(x, qp)
+    x_hat = lowbit.dequantize(q, qp)
+    assert torch.equal(x_hat, lowbit.fake_quantize(x, qp))
+    q_sym, scale = lowbit.quantize_symmetric(x)
+    assert torch.equal(lowbit.dequantize(q_sym, scale), q_sym.float() * scale)
+    with pytest.raises(lowbit.ConfigError, match="zero_point=.*None when a QParams is given"):
+        lowbit.dequantize(q, qp, torch.zeros(6))

@@ -10,21 +10,23 @@ from .config import LayerConfig, QuantSpec, parse_method
 from .errors import (CheckpointError, ConfigError, ExportError, InputError,
                      KernelUnavailableError, LowbitError, StateError)
 from .export import ExportResult, export_onnx, onnx_info, validate_onnx
-from .model import (PTQPipeline, calibrate, convert, estimate_model_size, find_roles,
-                    lowbit_state, prepare, qat_finetune, quantize_model, to_float)
+from .compat import (PTQPipeline, QuantizationConfig, calculate_quantization_error, dequantize,
+                     quantize_symmetric, quantize_weight_per_channel, recipe_from_flags)
+from .config import FQ_IMPLS, KERNEL_PATHS
+from .model import (calibrate, convert, estimate_model_size, find_roles, lowbit_state, prepare,
+                    qat_finetune, quantize_model, to_float)
 from .model.checkpoint import load, save
 from .nn import (QuantConv1d, QuantConv2d, QuantEmbedding, QuantizedConv1d, QuantizedConv2d,
-                 QuantizedEmbedding, QuantizedLinear, QuantLinear, TensorQuantizer)
+                 QuantizedEmbedding, QuantizedLinear, QuantLinear, TensorQuantizer,
+                 set_kernel_path)
 from .observers import Observer, make_observer
-from .presets import PRESETS, QuantizationConfig, describe_presets, preset, recipe_from_flags
+from .presets import PRESETS, describe_presets, preset
 from .primitives.affine import choose_qparams, fake_quantize, qparams_from_range, quantize
 from .primitives.complex import (ComplexQParams, choose_complex_qparams, dequantize_complex,
                                  fake_quantize_complex, quantize_complex)
 from .primitives.fixed_point import fake_fixed, from_fixed, to_fixed
 from .primitives.metrics import cosine, mse, sat_ratio, snr_db, sqnr_db
 from .primitives.packing import pack, pack_codes, unpack, unpack_codes
-from .primitives.simple import (calculate_quantization_error, dequantize, quantize_symmetric,
-                                quantize_weight_per_channel)
 from .recipe import AnyModule, ByName, ByRole, ByType, Recipe, Rule, load_recipe
 from .records import LayerRecord
 from .report import ComparisonResult, compare

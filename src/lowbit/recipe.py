@@ -351,6 +351,17 @@ def _parse_document(source: str | Path, fmt: str, load: Callable[[str], Any]) ->
                           fix=f"in {label}: {exc}") from None
 
 
+#: Recipes known by name (the presets register themselves here): ``load_recipe("w8a8")``.
+NAMED_RECIPES: dict[str, "Recipe"] = {}
+
+
+def register_named_recipe(name: str, recipe: "Recipe") -> "Recipe":
+    """Make ``recipe`` loadable by ``name`` (a later registration of the name replaces it)."""
+    assert isinstance(recipe, Recipe), type(recipe)
+    NAMED_RECIPES[name] = recipe
+    return recipe
+
+
 _OBJECT_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
@@ -379,8 +390,6 @@ def _load_object(ref: str) -> Recipe:
 def load_recipe(obj: Any) -> Recipe:
     """A Recipe from a Recipe, a dict, a preset name, a ``.json``/``.yaml``/``.yml`` path,
     or ``"module:attr"`` (a Python Recipe, or a callable returning one)."""
-    from .presets import PRESETS  # same layer; imported late because presets imports this module
-
     if isinstance(obj, Recipe):
         return obj
     if isinstance(obj, Mapping):
@@ -393,11 +402,11 @@ def load_recipe(obj: Any) -> Recipe:
         raise ConfigError("recipe file", str(obj), f"a file ending in {RECIPE_SUFFIXES}",
                           fix="save the recipe with Recipe.to_json(path) or to_yaml(path)")
     if isinstance(obj, str):
-        if obj in PRESETS:
-            return PRESETS[obj]
+        if obj in NAMED_RECIPES:
+            return NAMED_RECIPES[obj]
         if _OBJECT_REF.match(obj):
             return _load_object(obj)
-    raise ConfigError("recipe", obj, f"a preset ({', '.join(PRESETS)}), a path to a "
+    raise ConfigError("recipe", obj, f"a preset ({', '.join(NAMED_RECIPES)}), a path to a "
                       f"{'/'.join(RECIPE_SUFFIXES)} file, 'module:attr', or a Recipe",
                       fix="pick a preset name (see lowbit.presets.describe_presets()) "
                           "or pass a recipe file")

@@ -10,13 +10,14 @@ import torch
 from torch import nn
 
 from lowbit.errors import ConfigError
-from lowbit.model.api import PTQPipeline, quantize_model
+from lowbit.compat import PTQPipeline
+from lowbit.model.api import quantize_model
 from lowbit.model.convert import convert
 from lowbit.model.prepare import calibrate, lowbit_state, prepare, quant_modules
 from lowbit.model.qat import qat_finetune
 from lowbit.nn.qat import QuantLinear
 from lowbit.nn.quantized import QuantizedLinear, QuantizedModule, set_kernel_path
-from lowbit.presets import QC_MODES, QuantizationConfig, recipe_from_flags
+from lowbit.compat import QC_MODES, QuantizationConfig, recipe_from_flags
 
 
 class TwoInputs(nn.Module):

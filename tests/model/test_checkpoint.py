@@ -26,7 +26,7 @@ from lowbit.model.migrations import FORMAT_VERSION, MIGRATIONS, migrate
 from lowbit.model.prepare import calibrate, lowbit_state, prepare
 from lowbit.nn.qat import QuantConv2d, QuantLinear
 from lowbit.nn.quantized import QuantizedLinear
-from lowbit.presets import recipe_from_flags
+from lowbit.compat import recipe_from_flags
 from lowbit.recipe import ByType, Recipe, Rule
 from lowbit.types import PerChannel, PerTensor, Scheme, int4, int8
 

@@ -12,7 +12,8 @@ from lowbit.config import LayerConfig, QuantSpec, weight_spec
 from lowbit.errors import ConfigError, InputError
 from lowbit.model.select import (QUANTIZABLE, RoleMap, find_roles, is_quantizable,
                                  select_layers)
-from lowbit.presets import PRESETS, recipe_from_flags
+from lowbit.compat import recipe_from_flags
+from lowbit.presets import PRESETS
 from lowbit.recipe import AnyModule, ByName, ByType, Recipe, Rule
 from lowbit.types import PerChannel, PerGroup, Scheme, int4, int8
 

@@ -16,7 +16,7 @@ from lowbit.nn.qat import QuantConv1d, QuantConv2d, QuantEmbedding, QuantLinear
 from lowbit.nn.quantized import (QuantizedConv1d, QuantizedConv2d, QuantizedEmbedding,
                                  QuantizedLinear)
 from lowbit.primitives.affine import choose_qparams, dequantize, quantize
-from lowbit.primitives.simple import quantize_weight_per_channel
+from lowbit.compat.seed001 import quantize_weight_per_channel
 from lowbit.types import (PerChannel, PerGroup, PerToken, Scheme, int4, int8, int16,
                           uint4, uint8)
 

@@ -1,4 +1,4 @@
-"""Seed 000's quantization flags, verbatim, shared by ``quantize`` and ``eval``.
+"""The role and quantization flags (``--q_proj`` ... ``--out_dir``), verbatim, shared by ``quantize`` and ``eval``.
 
 ``--q_proj --q_head --q_block_linear --quantize_all --quant_backend {python,cpp}
 --quant_bits N --quant_mode {dynamic,fixed88} --calib_method M --quant_calib_batches N``.
@@ -24,11 +24,8 @@ from __future__ import annotations
 
 import argparse
 
-from lowbit.config import LEGACY_FQ_IMPLS
+from lowbit.compat.flags import QUANT_BACKENDS, fq_impl_of  # noqa: F401  (CLI names)
 from lowbit.errors import ConfigError
-
-#: ``--quant_backend`` values and the ``fq_impl`` each means.
-QUANT_BACKENDS = {flag: LEGACY_FQ_IMPLS[flag] for flag in ("python", "cpp")}
 ROLE_FLAGS = ("q_proj", "q_head", "q_block_linear", "quantize_all")
 _ROLES = "--q_proj, --q_head, --q_block_linear or --quantize_all"
 _ROLE_HINT = "e.g. --quantize_all"
@@ -39,8 +36,8 @@ class FlagError(ConfigError):
 
 
 def add_quant_flags(parser: argparse.ArgumentParser) -> None:
-    """Add seed 000's quantization flags to ``parser`` (see the module docstring)."""
-    g = parser.add_argument_group("quantization flags (seed 000)")
+    """Add the quantization flags to ``parser`` (see the module docstring)."""
+    g = parser.add_argument_group("quantization flags")
     g.add_argument("--q_proj", action="store_true", help="quantize the input projection layer")
     g.add_argument("--q_head", action="store_true", help="quantize the output head layer")
     g.add_argument("--q_block_linear", action="store_true",
@@ -119,8 +116,8 @@ def check_flags(args: argparse.Namespace, command: str = "quantize") -> None:
 
 
 def recipe_from_args(args: argparse.Namespace):
-    """The Recipe the role flags describe (``lowbit.presets.recipe_from_flags``)."""
-    from lowbit.presets import recipe_from_flags
+    """The Recipe the role flags describe (``lowbit.compat.recipe_from_flags``)."""
+    from lowbit.compat.flags import recipe_from_flags
 
     return recipe_from_flags(q_proj=args.q_proj, q_head=args.q_head,
                              q_block_linear=args.q_block_linear, quantize_all=args.quantize_all,
@@ -152,8 +149,3 @@ def with_calib_method(recipe, method: str):
                             "fixed-point or weight-only); drop --calib_method or pick another "
                             "recipe")
     return Recipe(tuple(rules), f"{recipe.name}+{normalize_method(method)}")
-
-
-def fq_impl_of(args: argparse.Namespace) -> str:
-    """The ``fq_impl`` that ``--quant_backend`` names (python -> reference, cpp -> fused)."""
-    return QUANT_BACKENDS[args.quant_backend]

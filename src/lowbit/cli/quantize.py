@@ -1,7 +1,7 @@
 """Quantize a model with a recipe and save the checkpoints, records and score.
 
 ``lowbit quantize --model SPEC --recipe NAME|FILE --out_dir DIR`` (or the role flags of
-seed 000 instead of --recipe). Writes ``DIR/calibrated`` (fake-quant: float weights,
+instead of --recipe). Writes ``DIR/calibrated`` (fake-quant: float weights,
 ranges and observer state — can be re-calibrated or fine-tuned), ``DIR/quantized``
 (integer storage), ``DIR/records.json`` and ``DIR/summary.json``. Without --recipe and
 role flags the example's own recipe is used (``w8a8-static`` for digits, ``w8a8`` otherwise).

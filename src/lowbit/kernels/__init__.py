@@ -3,7 +3,7 @@
 ``prepare_linear`` / ``prepare_conv2d`` bind a quantized weight (as ``lowbit.nn`` stores it)
 to a plan of kernels per row count; ``reference`` (plain PyTorch) is always there, ``integer``
 runs PyTorch's integer kernels and ``dense`` its float GEMM on a dequantized-once weight.
-See :mod:`lowbit.kernels.dispatch` for the measured dispatch table.
+See :mod:`lowbit.kernels.dispatch` for how a kernel is chosen.
 """
 
 from . import dense, int4, int8  # noqa: F401  (register the implementations)

@@ -11,8 +11,8 @@ int32 accumulation ::
     y = sx ⊗ sw · that  (+ bias)
 
 The second operand of ``_int_mm`` is the transpose *view* of the contiguous ``[N, K]``
-codes (a column-major ``[K, N]``, strides ``(1, K)``, the layout the issue measured as the
-fast one; here, without VNNI, it is also 2–4× faster than a contiguous ``[K, N]`` copy).  The
+codes (a column-major ``[K, N]``, strides ``(1, K)``, faster than a contiguous ``[K, N]``
+copy in ``benchmarks/bench_linear.py``).  The
 layout is asserted by ``tests/kernels/test_int8.py``.  On CUDA ``_int_mm`` needs more than 16
 rows (the input is padded) and ``K``, ``N`` multiples of 8.
 
@@ -26,7 +26,7 @@ Weight-only (``linear.w8``): ``_weight_int8pack_mm(x, w, s)`` computes ``x·(w·
 fast only with bfloat16 activations, so bfloat16 is its preferred compute dtype (rounding the
 input and the scales to bfloat16: relative 2⁻⁹, small against int8 weight rounding).  Non-zero
 weight zero points are corrected with ``− (Σ_k x_k) ⊗ (sw·zw)``.  ``K`` must be a multiple of
-8: otherwise torch 2.13's CPU kernel crashes from 3 rows up (measured; refused with a reason).
+8: otherwise torch 2.13's CPU kernel crashes from 3 rows up (refused with a reason).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ MAX_K_W8A8 = 16384
 
 def _w8_supports(w: QuantWeight) -> str | None:
     # torch 2.13's CPU kernel reads out of bounds (segfault, or wrong bfloat16 results) when
-    # K is not a multiple of 8 with 3+ rows; measured, and refused rather than risked
+    # K is not a multiple of 8 with 3+ rows: the aten kernel crashes, so it is refused
     if w.k % 8:
         return f"_weight_int8pack_mm needs K a multiple of 8 (K={w.k})"
     return _per_channel(w)

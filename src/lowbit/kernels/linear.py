@@ -171,7 +171,7 @@ def prepare_linear(qdata: torch.Tensor, scale: torch.Tensor, zero_point: torch.T
 
     act: None (weight-only: the input stays float) or ``"dynamic_int8"`` (per-token int8
     activations) or ``"dynamic_int8_tensor"`` (one scale per input tensor).
-    path: ``"auto"`` (per row count from the measured table), or force ``"integer"``,
+    path: ``"auto"`` (chosen per row count by :func:`~lowbit.kernels.dispatch.plan`), or force ``"integer"``,
     ``"dense"`` or ``"reference"`` (:class:`KernelUnavailableError` if it cannot run).
     act_impl: ``"eager"`` or ``"compile"`` (a cached ``torch.compile`` of the activation
     quantizer, for the int8 GEMM path).

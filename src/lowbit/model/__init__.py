@@ -1,6 +1,6 @@
 """The model flow: select layers, prepare, calibrate, QAT, convert, size, save/load."""
 
-from .api import PTQPipeline, quantize_model
+from .api import quantize_model
 from .convert import convert
 from .prepare import calibrate, lowbit_state, prepare, quant_modules, to_float
 from .qat import distill_loss, qat_finetune

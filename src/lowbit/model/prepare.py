@@ -4,7 +4,7 @@
 fake-quant modules (lowbit.nn) with observers; ``calibrate(model)`` is a
 context manager under which forwards feed the observers (no grad) and after
 which the ranges are frozen.  The prepared model also gets
-``start_calibration()`` / ``end_calibration()`` methods (the style of seed 002).
+``start_calibration()`` / ``end_calibration()`` methods.
 """
 
 from __future__ import annotations

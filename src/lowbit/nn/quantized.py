@@ -66,7 +66,7 @@ class QuantizedLinear(QuantizedModule):
     @classmethod
     def from_linear(cls, linear: nn.Linear, weight_spec: QuantSpec | None = None,
                     act_spec: QuantSpec | None = None) -> "QuantizedLinear":
-        """Seed 001's constructor: quantize ``linear``'s weights (int8 symmetric per output
+        """Quantize ``linear``'s weights (int8 symmetric per output
         channel by default); ``act_spec`` optionally quantizes the input."""
         return cls.from_float(linear, LayerConfig(weight=weight_spec or DEFAULT_WEIGHT_SPEC,
                                                   act=act_spec))
@@ -202,8 +202,8 @@ class _QuantizedConvNd(QuantizedModule):
     _reference_op = "conv"
 
     def kernel_unsupported(self) -> str | None:
-        return ("conv kernels not wired: the dispatch table has no conv2d row on any "
-                "measured machine (auto would run the float conv), so the reference path "
+        return ("conv kernels not wired: the dispatcher chooses no conv2d kernel on any "
+                "machine yet (auto would run the float conv), so the reference path "
                 "(fake-quant input, dequantized weight, float conv) is kept")
 
     def _forward_float(self, x_hat, w_hat):

@@ -20,7 +20,7 @@ from .quantizer import TensorQuantizer
 #: Grids of at most this many bits are stored packed (two int4 codes per byte).
 PACK_MAX_BITS = 4
 
-#: ``QuantizedLinear.from_linear``'s default weight spec (seed 001: int8 symmetric per channel).
+#: ``QuantizedLinear.from_linear``'s default weight spec: int8 symmetric per output channel.
 DEFAULT_WEIGHT_SPEC = QuantSpec(qtype=int8, scheme=Scheme.SYMMETRIC, granularity=PerChannel(0))
 
 

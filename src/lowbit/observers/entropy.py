@@ -1,55 +1,19 @@
-"""``entropy`` (``kl``): TensorRT-style KL-divergence calibration.
+"""``entropy`` (``kl``): TensorRT-style KL-divergence calibration, per tensor.
 
-The observer streams the same power-of-two histogram as the other histogram
-observers (exact merges, bounded memory).  At ``qparams()`` time the histogram
-of ``|x|`` (ReLU outputs on an unsigned grid) is re-binned onto ``bins`` (2048)
-equal bins over ``[0, amax]``, ``amax`` the exact observed maximum, as TensorRT
-histograms its calibration data; the search then runs on that view.
+The observer streams the power-of-two histogram the other histogram observers use (exact
+merges, bounded memory).  At ``qparams()`` time the histogram of ``|x|`` is re-binned onto
+``bins`` (2048) equal bins over ``[0, amax]`` (linear interpolation of the cumulative counts:
+every count kept, deterministic, so merges and checkpoints stay exact), with the zero bin
+replaced by its neighbour so the number of zeros cannot move the threshold.
 
-For a candidate threshold ``i`` (bins kept, ``128 .. bins``) the reference ``P``
-is the first ``i`` bins with the outliers beyond folded into bin ``i-1``; ``Q``
-quantizes the clipped bins (outliers excluded, as in TensorRT) into ``levels``
-groups and spreads each group's mass evenly over the bins where ``P`` is non-zero.
-The threshold with the smallest ``KL(P || Q)`` wins.  Design points:
-
-* **Resolution.**  The streamed histogram covers ``[0, 2**e]``, the smallest power
-  of two above the maximum, so the data occupy anywhere from 50% to 100% of its
-  bins depending on where ``amax`` happens to fall.  KL is not resolution-free
-  (the cost of folding outliers into the last bin grows like ``log(1/bin width)``),
-  so the old search changed its criterion with the scale of the data.  The
-  re-binned view interpolates the cumulative counts linearly inside each source
-  bin, which keeps every count (the view is a deterministic function of the
-  merged histogram, so merge and checkpoint exactness carry over).
-* **Level groups.**  Group ``j`` of candidate ``i`` is bins
-  ``[ceil(j i / L), ceil((j+1) i / L))``, sizes differing by at most one
-  (NVIDIA pytorch-quantization's ``linspace`` grouping).  The MXNet/TensorRT
-  reference gives every group ``i // L`` bins and the remainder, up to ``L - 1``
-  bins, to the last group: the top level then spans up to twice the width of the
-  others and KL(i) has a saw-tooth of period ``L`` in ``i``, so the winning
-  threshold depended on ``i mod L`` rather than on the data.
-* **Levels.**  ``L = 2**(bits-1)`` candidate levels (128 for 8 bits), as TensorRT's
-  calibrator uses for every int8 tensor, post-ReLU ones included; the chosen threshold
-  is then applied on the qtype's own grid (``[0, T]`` with 256 levels on uint8).  With
-  ``L = 256`` on the unsigned grid the finer level count makes KL's cost of clipping
-  dominate and it keeps the full range on a ReLU-Gaussian (45.7 dB = minmax on the
-  test fixture, against 46.06 dB with 128 levels and ~46.2 dB for the MSE optimum).
-* **Zero spike and empty bins.**  The first source bin (ReLU's zeros, exact on any
-  grid) is replaced by the second before re-binning (pytorch-quantization's
-  ``bins[0] = bins[1]``), so the number of zeros cannot move the threshold and the
-  view has neither a spike nor a hole at 0 (dropping the bin left an empty, then a
-  partial, bin at the bottom whose grouping jumped whenever ``i`` crossed a
-  multiple of ``L``).  A group whose only mass in ``P`` is the folded outliers gets
-  ``1e-4`` of a count in ``Q`` (TensorRT's smoothing: ``Q`` must be positive
-  wherever ``P`` is, and the penalty stays finite).
-
-What KL does *not* do is minimise squared error.  Clipping costs KL about
-``log(density ratio)`` per value moved, however far it is moved, while a finer grid
-gains only ``~(T_max**2 - T**2) / (24 L**2)`` nats.  For a half-normal on a
-2048-bin histogram the KL optimum is near 4.8 sigma at 128 levels and 5.1 sigma at
-256; on a light-tailed sample whose maximum is below that (200k Gaussian values
-reach ~4.6 sigma) any clip is decided by the few isolated largest values, and MSE
-clips harder.  AFFINE grids search ``|x|`` too and clip the observed range to
-``[-T, T]``.  Per-tensor only.
+For each candidate threshold ``i`` (bins kept, ``128 .. bins``), ``P`` is the first ``i``
+bins with the outliers folded into bin ``i-1``; ``Q`` quantizes the clipped bins into
+``L = 2**(bits-1)`` groups of near-equal size (``[ceil(j i / L), ceil((j+1) i / L))``) and
+spreads each group's mass over the bins where ``P`` is non-zero (``1e-4`` of a count where a
+group's only mass is the folded outliers).  The threshold with the smallest ``KL(P || Q)``
+wins and is applied on the qtype's own grid; AFFINE grids clip to ``[-T, T]``.  KL does not
+minimise squared error: on light-tailed data it clips less than the MSE search.  The design
+notes behind these choices are in ``docs/observers.md``.
 """
 
 from __future__ import annotations

