@@ -7,11 +7,11 @@ every ratio is against baselines measured in the same rounds):
 * ``bfloat16`` ``F.linear`` of a bfloat16 layer on bfloat16 input (a bfloat16 model);
 * for each format — ``w8`` (int8 per channel, weight-only), ``w8a8`` (int8 per channel ×
   dynamic per-token int8 activations), ``w4`` (int4 groups of 128, weight-only) — every
-  native integer kernel of its op that runs here (``<fmt>.native:<kernel>``, timed directly)
+  integer kernel of its op that runs here (``<fmt>.integer:<kernel>``, timed directly)
   and ``auto`` (the dispatched layer, what users get), float32 input.
 
 Times are medians (and minima: on a shared machine the minimum is the better estimate of an
-undisturbed run) over all calls of all rounds.  A native kernel whose minimum exceeds
+undisturbed run) over all calls of all rounds.  An integer kernel whose minimum exceeds
 ``--give-up`` × float32's at some ``M >= 32`` is not run at larger ``M`` (recorded as
 skipped: ``_int_mm`` without VNNI would take minutes at 4096 rows).  Also reported: bytes of each quantized layer (qdata + scale + zero_point) against
 its float32 weight, and the targets of the issue, met or missed.  Writes
@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from lowbit.kernels import ActQuantizer, machine, prepare_linear, quant_weight
 from lowbit.kernels.dispatch import unusable
+from lowbit.kernels.formats import ActFormat
 from lowbit.kernels.registry import candidates
 from lowbit.primitives.affine import choose_qparams, quantize
 from lowbit.primitives.packing import pack_codes
@@ -73,7 +74,7 @@ def time_block(fn, budget_s: float) -> list[float]:
 
 
 def _paths_for(fmt: str, w: torch.Tensor, act_impl: str):
-    """``{path name: (callable(x, bias), describe(m))}`` for one format: every usable native
+    """``{path name: (callable(x, bias), describe(m))}`` for one format: every usable integer
     kernel of its op (timed directly) and the dispatched layer (``auto``)."""
     qtype, _, act = FORMATS[fmt]
     args = quantized(w, fmt)
@@ -81,13 +82,13 @@ def _paths_for(fmt: str, w: torch.Tensor, act_impl: str):
     weight = quant_weight(*args)
     aq = None if act is None else ActQuantizer(act, act_impl)
     paths = {f"{fmt}.auto": (auto, lambda m: auto.plan.select(m).describe())}
-    for impl in candidates(auto.op, "native", "cpu"):
-        if unusable(impl, weight) is not None:
+    for impl in candidates(auto.op, "integer", "cpu"):
+        if unusable(impl, weight, ActFormat.from_mode(act)) is not None:
             continue
         state = impl.prepare(weight, impl.compute_dtypes[0])
         run = (lambda x, b, impl=impl, state=state: impl.run(state, x, b, aq))
         label = f"{impl.name}[{str(impl.compute_dtypes[0]).replace('torch.', '')}]"
-        paths[f"{fmt}.native:{impl.name}"] = (run, lambda m, label=label: label)
+        paths[f"{fmt}.integer:{impl.name}"] = (run, lambda m, label=label: label)
     return paths, auto.memory()["stored"]
 
 
@@ -128,7 +129,7 @@ def run_shape(k: int, n: int, rows, rounds: int, give_up: float, budget_s: float
                         "x_best_float": best / t, "x_best_float_min": best_low / low[name],
                         "x_float32_min": low["float32"] / low[name],
                         "kernel": layers[name][1](m) if name in layers else None})
-            if ".native:" in name and m >= 32 and low[name] > give_up * low["float32"]:
+            if ".integer:" in name and m >= 32 and low[name] > give_up * low["float32"]:
                 slow.add(name)
                 out.append({"K": k, "N": n, "M": m, "path": name, "skipped":
                             f"min > {give_up}x float32 at M={m}; not run at larger M"})
@@ -205,7 +206,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median)")
     parser.add_argument("--budget", type=float, default=0.05, help="seconds per timed block")
     parser.add_argument("--give-up", type=float, default=10.0,
-                        help="from M=32, skip a native kernel at larger M once its minimum is "
+                        help="from M=32, skip an integer kernel at larger M once its minimum is "
                              "this many times float32's")
     parser.add_argument("--act-impl", default="eager", choices=("eager", "compile"))
     parser.add_argument("--threads", type=int, default=2,

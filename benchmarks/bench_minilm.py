@@ -3,7 +3,7 @@
 (b) 32 pydoc sentences padded to 128 tokens (one batch of 32 × 128 = 4096 token rows) through
 all-MiniLM-L6-v2: float32, bfloat16 (``model.to(torch.bfloat16)``) and lowbit ``w8a8``,
 ``w8a16`` and ``w4a16-g128`` (``quantize_model(model, preset, calib_batches)``, converted,
-kernel backend ``auto``).  Per variant: mean embedding cosine to float32 and speed ratio to
+kernel path ``auto``).  Per variant: mean embedding cosine to float32 and speed ratio to
 float32 (float32 median / variant median; medians over ``--repeats`` rounds, the variants
 interleaved within each round, ``torch.set_num_threads(2)``, ``torch.inference_mode``).
 
@@ -130,7 +130,7 @@ def _kernels(qmodel, rows: int) -> dict[str, int]:
             c = cached[0].plan.select(rows)
             key = f"{type(m).__name__}: {c.impl.name}[{str(c.compute).replace('torch.', '')}]"
         else:
-            key = f"{type(m).__name__}: {m.backend} ({m.kernel_reason.split(';')[0]})"
+            key = f"{type(m).__name__}: {m.kernel_path} ({m.kernel_reason.split(';')[0]})"
         counts[key] = counts.get(key, 0) + 1
     return counts
 

@@ -166,22 +166,34 @@ def test_the_cached_kernel_is_not_in_the_state_dict_and_is_rebuilt_on_change():
     assert clone.__dict__["_kernel"] is None, "deepcopy does not copy the kernel"
 
 
-def test_unsupported_formats_keep_the_reference_path_and_say_why():
+def test_formats_no_integer_kernel_takes_run_the_float_path_and_say_why(monkeypatch):
+    """Formats are judged by the kernel registry alone: on a machine whose table wants an
+    integer kernel, a format none takes runs the float path with the registry's reason, and
+    forcing the integer path is an error naming it."""
+    from lowbit.errors import KernelUnavailableError
+    from lowbit.kernels import dispatch
+    monkeypatch.setattr(dispatch, "machine", lambda device: "cpu.avx2")
     torch.manual_seed(0)
     lin = nn.Linear(K, N)
     cases = {
-        "per-tensor weight": LayerConfig(weight=QuantSpec(qtype=int8, granularity=PerTensor())),
-        "symmetric dynamic input": LayerConfig(weight=W8, act=QuantSpec(
+        "per-tensor weight": (LayerConfig(weight=QuantSpec(qtype=int8, granularity=PerTensor())),
+                              "one scale per output channel"),
+        "symmetric dynamic input": (LayerConfig(weight=W8, act=QuantSpec(
             qtype=int8, scheme=Scheme.SYMMETRIC, granularity=PerToken(), dynamic=True)),
+            "the integer kernels take int8 activations"),
     }
     x = torch.randn(4, K)
-    for name, cfg in cases.items():
+    for name, (cfg, why) in cases.items():
         real = QuantizedLinear.from_float(lin, cfg)
-        assert real.requested_kernel_path == "auto"
-        assert real.kernel_unsupported(), name
-        assert real.kernel_path == "reference" and "reference" in real.kernel_reason, name
-        y = real(x)
-        assert torch.equal(y, set_kernel_path(real, "reference")(x)), name
+        assert real.requested_kernel_path == "auto" and real.kernel_unsupported() is None
+        assert "integer" not in real.kernel_path and why in real.kernel_reason, name
+        with torch.no_grad():
+            y = real(x)
+            ref = set_kernel_path(copy.deepcopy(real), "reference")(x)
+        assert _rel(y, ref) <= EPS, name  # the same float32 products, summed in another order
+        real.set_kernel_path("integer")
+        with pytest.raises(KernelUnavailableError, match=why):
+            real(x)
     conv = QuantizedConv2d.from_float(nn.Conv2d(8, 4, 1), LayerConfig(weight=W8))
     assert conv.kernel_path == "reference" and "conv" in conv.kernel_reason
 
@@ -252,8 +264,10 @@ def test_minilm_w8a8_kernels_match_the_fake_quant_model():
     from lowbit.kernels.registry import linear_op
     layers = [m for m in q.modules() if isinstance(m, QuantizedLinear)]
     assert layers
+    from lowbit.kernels import ActFormat
     for m in layers:
-        act, _ = m._act_mode()
-        w = quant_weight(m.qdata, m.scale, m.zero_point, m.qtype, m.block_size)
-        expected = plan(linear_op(w, act), w, torch.float32, "auto")
+        act = None if m.act_quantizer is None else ActFormat.from_spec(m.act_quantizer.spec)
+        w = quant_weight(m.qdata, m.scale, m.zero_point, m.qtype, m.block_size,
+                         symmetric=m.weight_spec.scheme is not Scheme.AFFINE)
+        expected = plan(linear_op(w, act), w, torch.float32, "auto", act)
         assert m.kernel == "; ".join(c.describe() for c in expected.choices)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError, InputError
 from .act import ActQuantizer
 from .dispatch import Choice, plan, unusable
+from .formats import ActFormat
 from .linear import PreparedLinear
 from .registry import KernelImpl, find, linear_op, register
 from .weights import QuantWeight, quant_weight
@@ -134,14 +135,14 @@ def _run_im2col(st: _Im2col, x, bias, act):
     return y.reshape(n, -1, ho, wo)
 
 
-def _im2col_supports(cw: ConvWeight) -> str | None:
+def _im2col_supports(cw: ConvWeight, act=None) -> str | None:
     o_g = cw.shape[0] // cw.groups
     try:
         rows = cw.weight.rows(0, o_g)  # every group has the same format
     except InputError as exc:
         return str(exc)
     op = linear_op(rows, cw.act)
-    reason = unusable(find(op, "integer", rows.device), rows)
+    reason = unusable(find(op, "integer", rows.device), rows, ActFormat.from_mode(cw.act))
     return None if reason is None else f"im2col needs an integer {op} kernel: {reason}"
 
 

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import KERNEL_PATHS, check_kernel_path
+from ..config import check_kernel_path
 from ..errors import KernelUnavailableError
+from .formats import ActFormat
 from .probe import probe
 from .registry import KernelImpl, candidates, find
 from .weights import QuantWeight
@@ -113,12 +114,12 @@ class Plan:
         raise AssertionError("a plan's last choice has no upper bound")
 
 
-def unusable(impl: KernelImpl | None, weight: QuantWeight) -> str | None:
-    """None if ``impl`` can run ``weight`` on its device (integer kernels are probed once),
-    else the reason."""
+def unusable(impl: KernelImpl | None, weight: QuantWeight, act=None) -> str | None:
+    """None if ``impl`` can run ``weight`` with input format ``act`` on its device (integer
+    kernels are probed once), else the reason."""
     if impl is None:
         return "no implementation is registered"
-    reason = impl.available(weight.device) or impl.supports(weight)
+    reason = impl.available(weight.device) or impl.supports(weight, act)
     if reason is None and impl.path == "integer":
         reason = probe(impl, weight.device)
     return reason
@@ -141,14 +142,14 @@ def _segments(where: str, op: str, weight):
     return [tuple(seg) + (None,) * (4 - len(seg)) for seg in found]
 
 
-def _forced(op: str, weight, x_dtype, path: str, segments) -> Plan:
+def _forced(op: str, weight, x_dtype, path: str, segments, act) -> Plan:
     listed = [(c, k) for _, b, c, k in segments if b == path]
     compute, name = listed[0] if listed else ("input", None)
     impls = candidates(op, path, weight.device)
     impls.sort(key=lambda i: i.name != name)  # the table's kernel first
     reasons = []
     for impl in impls:
-        reason = unusable(impl, weight)
+        reason = unusable(impl, weight, act)
         if reason is None:
             return Plan(op, path, (Choice(0, None, impl, _dtype(compute, x_dtype, impl),
                                              f"path={path!r} forced by the caller"),))
@@ -161,22 +162,25 @@ def _forced(op: str, weight, x_dtype, path: str, segments) -> Plan:
         "'reference'")
 
 
-def plan(op: str, weight: QuantWeight, x_dtype: torch.dtype, path: str = "auto") -> Plan:
+def plan(op: str, weight: QuantWeight, x_dtype: torch.dtype, path: str = "auto",
+         act=None) -> Plan:
     """Choose the kernel of ``op`` for every row count (see the module docstring).
 
-    Raises :class:`ConfigError` for an unknown path and :class:`KernelUnavailableError`
+    act: the input's :class:`~lowbit.kernels.formats.ActFormat` (or an act mode string; None
+    for a float input), which the candidates' ``supports`` read.  Raises :class:`ConfigError` for an unknown path and :class:`KernelUnavailableError`
     when a forced path cannot run this weight on its device.
     """
     check_kernel_path(path)
+    act = ActFormat.from_mode(act)
     where = machine(weight.device)
     segments = _segments(where, op, weight)
     if path != "auto":
-        return _forced(op, weight, x_dtype, path, segments)
+        return _forced(op, weight, x_dtype, path, segments, act)
     source = f"{where} table" if segments else f"no table row for {where}/{op}"
     choices, low = [], 0
     for rows_below, name, compute, kernel in segments or DEFAULT_SEGMENTS:
         impl = find(op, name, weight.device, kernel)
-        reason = unusable(impl, weight)
+        reason = unusable(impl, weight, act)
         span = f"rows >= {low}" if rows_below is None else f"rows < {rows_below}"
         if reason is None:
             choices.append(Choice(low, rows_below, impl, _dtype(compute, x_dtype, impl),

@@ -113,13 +113,13 @@ def _available(*names: str):
 def _register() -> None:
     bf16, f16, f32 = torch.bfloat16, torch.float16, torch.float32
     register(KernelImpl("aten._weight_int4pack_mm_for_cpu", "linear.w4", "integer", "cpu",
-                        prepare_cpu, run, (bf16, f16, f32), lambda w: _supports(w, 16),
+                        prepare_cpu, run, (bf16, f16, f32), lambda w, act=None: _supports(w, 16),
                         _available("_convert_weight_to_int4pack_for_cpu",
                                    "_weight_int4pack_mm_for_cpu"),
                         "float activations x int4 group-wise weights (float zero)",
                         {"probe": ("int4", 32, None)}))
     register(KernelImpl("aten._weight_int4pack_mm", "linear.w4", "integer", "cuda",
-                        prepare_cuda, run, (bf16,), lambda w: _supports(w, 8),
+                        prepare_cuda, run, (bf16,), lambda w, act=None: _supports(w, 8),
                         _available("_convert_weight_to_int4pack", "_weight_int4pack_mm"),
                         "bfloat16 activations x int4 group-wise weights (tinygemm)",
                         {"probe": ("int4", 32, None)}))

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .formats import act_kernel_reason
 from .registry import KernelImpl, register
 from .weights import QuantWeight
 
@@ -43,7 +44,7 @@ from .weights import QuantWeight
 MAX_K_W8A8 = 16384
 
 
-def _w8_supports(w: QuantWeight) -> str | None:
+def _w8_supports(w: QuantWeight, act=None) -> str | None:
     # torch 2.13's CPU kernel reads out of bounds (segfault, or wrong bfloat16 results) when
     # K is not a multiple of 8 with 3+ rows: the aten kernel crashes, so it is refused
     if w.k % 8:
@@ -116,16 +117,19 @@ def run_w8a8(st: W8A8State, x: torch.Tensor, bias, act) -> torch.Tensor:
     return y.to(x.dtype)
 
 
-def _w8a8_supports(w: QuantWeight) -> str | None:
+def _w8a8_supports(w: QuantWeight, act=None) -> str | None:
+    reason = act_kernel_reason(act)
+    if reason is not None:
+        return reason
     if w.k > MAX_K_W8A8:
         return f"K={w.k} > {MAX_K_W8A8} could overflow the int32 accumulator"
     return _per_channel(w)
 
 
-def _w8a8_cuda_supports(w: QuantWeight) -> str | None:
+def _w8a8_cuda_supports(w: QuantWeight, act=None) -> str | None:
     if w.k % 8 or w.n % 8:
         return f"CUDA _int_mm needs K and N multiples of 8 (K={w.k}, N={w.n})"
-    return _w8a8_supports(w)
+    return _w8a8_supports(w, act)
 
 
 # ------------------------------------------------------------------ W8A8 on the weight-only kernel
@@ -163,7 +167,10 @@ def run_w8a8_codes(st: A8CodesState, x: torch.Tensor, bias, act) -> torch.Tensor
     return y.to(x.dtype)
 
 
-def _a8_codes_supports(w: QuantWeight) -> str | None:
+def _a8_codes_supports(w: QuantWeight, act=None) -> str | None:
+    reason = act_kernel_reason(act)
+    if reason is not None:
+        return reason
     if not w.symmetric:
         return ("weight zero points must be 0 (a zero-point correction after the bfloat16 "
                 "output would cancel catastrophically)")

@@ -28,8 +28,9 @@ from dataclasses import fields, is_dataclass
 import torch
 
 from ..errors import ConfigError, InputError, check_choice
-from .act import ACT_IMPLS, ActQuantizer, check_act
+from .act import ACT_IMPLS, ActQuantizer
 from .dispatch import Choice, Plan, plan
+from .formats import ActFormat
 from .registry import linear_op
 from .weights import QuantWeight, quant_weight
 
@@ -50,15 +51,17 @@ def _tensor_bytes(obj, seen: set[int]) -> int:
 class PreparedLinear:
     """A quantized linear weight bound to its kernel plan; call it as ``lin(x, bias)``.
 
-    Attributes: ``weight`` (:class:`QuantWeight`), ``op``, ``act`` (activation mode or None),
+    Attributes: ``weight`` (:class:`QuantWeight`), ``op``, ``act`` (the input's
+    :class:`~lowbit.kernels.formats.ActFormat`, or None for a float input),
     ``plan`` (for float32 inputs; other dtypes get their own), ``last`` (the
     :class:`Choice` of the latest call); ``path``, ``kernel``, ``reason`` and
     ``fallback`` summarise the plan for a :class:`~lowbit.records.LayerRecord`.
     """
 
-    def __init__(self, weight: QuantWeight, act: str | None = None, path: str = "auto",
-                 act_impl: str = "eager", keep_dense: bool = True):
-        check_act(act)
+    def __init__(self, weight: QuantWeight, act: "str | ActFormat | None" = None,
+                 path: str = "auto", act_impl: str = "eager", keep_dense: bool = True,
+                 plan: Plan | None = None):
+        act = ActFormat.from_mode(act)
         check_choice("act_impl", act_impl, ACT_IMPLS,
                      fix="'eager' (plain ops) or 'compile' (torch.compile, cached per process)")
         if not isinstance(keep_dense, bool):
@@ -70,8 +73,11 @@ class PreparedLinear:
         self.keep_dense = keep_dense
         self.requested_path = path
         self.op = linear_op(weight, act)
-        self._act = None if act is None else ActQuantizer(act, act_impl)
-        self._plans: dict[torch.dtype, Plan] = {}
+        # the run-time quantizer of a dynamic int8 input; a static or other input format is
+        # quantized by the caller's ``act`` argument on each call
+        self._act = (ActQuantizer(act.mode, act_impl)
+                     if act is not None and not act.static and act.mode is not None else None)
+        self._plans: dict[torch.dtype, Plan] = {} if plan is None else {torch.float32: plan}
         self._states: dict[tuple[int, torch.dtype], object] = {}
         self.plan = self.plan_for(torch.float32)
         for choice in self.plan.choices:  # pack once for the integer kernels
@@ -84,7 +90,8 @@ class PreparedLinear:
     def plan_for(self, dtype: torch.dtype) -> Plan:
         """The plan for inputs of ``dtype`` (made once per dtype)."""
         if dtype not in self._plans:
-            self._plans[dtype] = plan(self.op, self.weight, dtype, self.requested_path)
+            self._plans[dtype] = plan(self.op, self.weight, dtype, self.requested_path,
+                                      self.act)
         return self._plans[dtype]
 
     def _state(self, choice: Choice):
@@ -165,12 +172,18 @@ class PreparedLinear:
 
 
 def prepare_linear(qdata: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qtype,
-                   block_size, *, act: str | None = None, path: str = "auto",
-                   act_impl: str = "eager", keep_dense: bool = True) -> PreparedLinear:
+                   block_size, *, act: "str | ActFormat | None" = None, path: str = "auto",
+                   act_impl: str = "eager", keep_dense: bool = True,
+                   symmetric: bool | None = None, plan: Plan | None = None) -> PreparedLinear:
     """Bind a quantized weight ``[N, K]`` (lowbit.nn's storage) to its kernels.
 
-    act: None (weight-only: the input stays float) or ``"dynamic_int8"`` (per-token int8
-    activations) or ``"dynamic_int8_tensor"`` (one scale per input tensor).
+    act: None (weight-only: the input stays float), ``"dynamic_int8"`` (per-token int8
+    activations), ``"dynamic_int8_tensor"`` (one scale per input tensor), or an
+    :class:`~lowbit.kernels.formats.ActFormat` (a static or other format: the caller then
+    passes the quantizer on each call).
+    symmetric: the weight's scheme fixes zero points at 0 (None: read from the zero points).
+    plan: a plan already made for float32 inputs (by :func:`~lowbit.kernels.dispatch.plan`
+    with the same weight, format and path), reused instead of planning again.
     path: ``"auto"`` (chosen per row count by :func:`~lowbit.kernels.dispatch.plan`), or force ``"integer"``,
     ``"dense"`` or ``"reference"`` (:class:`KernelUnavailableError` if it cannot run).
     act_impl: ``"eager"`` or ``"compile"`` (a cached ``torch.compile`` of the activation
@@ -178,5 +191,5 @@ def prepare_linear(qdata: torch.Tensor, scale: torch.Tensor, zero_point: torch.T
     keep_dense: keep the dequantized weight of the dense path once built (``N·K`` floats;
     the default, for speed) or rebuild it on every call that takes the dense path (memory).
     """
-    return PreparedLinear(quant_weight(qdata, scale, zero_point, qtype, block_size), act,
-                          path, act_impl, keep_dense)
+    return PreparedLinear(quant_weight(qdata, scale, zero_point, qtype, block_size, symmetric),
+                          act, path, act_impl, keep_dense, plan)

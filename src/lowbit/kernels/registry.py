@@ -39,8 +39,8 @@ OP_CLASSES: tuple[tuple[str, int, bool], ...] = (
 )
 
 
-def linear_op(weight: QuantWeight, act: str | None) -> str:
-    """The op of a linear layer with ``weight`` and activation mode ``act`` (None: float)."""
+def linear_op(weight: QuantWeight, act) -> str:
+    """The op of a linear layer with ``weight`` and input format ``act`` (None: float)."""
     for op, max_bits, quantized_act in OP_CLASSES:
         if weight.qtype.bits <= max_bits and quantized_act == (act is not None):
             return op
@@ -60,7 +60,9 @@ class KernelImpl:
     prepare(weight, compute_dtype) -> state: done once per layer (packing, dequantizing).
     run(state, x, bias, act) -> y: ``x`` rows ``[M, K]`` in the caller's dtype, ``y``
     ``[M, N]`` in the same dtype; ``act`` is an :class:`~lowbit.kernels.act` quantizer or None.
-    supports(weight) -> None, or the reason this weight cannot run here.
+    supports(weight, act) -> None, or the reason this weight (:class:`QuantWeight`) with this
+    input format (:class:`~lowbit.kernels.formats.ActFormat` or None) cannot run here: the
+    one place formats are checked.
     available(device) -> None, or the reason the kernel cannot run on ``device``.
     compute_dtypes: the dtypes it computes in, preferred first.
     """
@@ -72,7 +74,7 @@ class KernelImpl:
     prepare: Callable[[QuantWeight, torch.dtype], Any]
     run: Callable[..., torch.Tensor]
     compute_dtypes: tuple[torch.dtype, ...] = (torch.float32,)
-    supports: Callable[[QuantWeight], str | None] = _always
+    supports: Callable[..., str | None] = _always
     available: Callable[[torch.device], str | None] = _always
     doc: str = ""
     extra: dict = field(default_factory=dict)

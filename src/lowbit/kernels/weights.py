@@ -41,6 +41,7 @@ class QuantWeight:
     n: int
     k: int
     packed: bool
+    symmetric: bool
 
     @property
     def device(self) -> torch.device:
@@ -51,11 +52,6 @@ class QuantWeight:
     def per_channel(self) -> bool:
         """One (scale, zero) per output row: block ``(1, K)``."""
         return self.block_size == (1, self.k)
-
-    @property
-    def symmetric(self) -> bool:
-        """All zero points are 0."""
-        return not bool(self.zero_point.any())
 
     def qparams(self) -> QParams:
         """The weight's :class:`QParams` for the ``[N, K]`` view."""
@@ -83,13 +79,16 @@ class QuantWeight:
                              f"{b0} rows; split at multiples of block_size[0]={b0}")
         return QuantWeight(self.qdata[start:stop], self.scale[start // b0:stop // b0],
                            self.zero_point[start // b0:stop // b0], self.qtype,
-                           self.block_size, stop - start, self.k, self.packed)
+                           self.block_size, stop - start, self.k, self.packed,
+                           self.symmetric)
 
 
 def quant_weight(qdata: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
-                 qtype, block_size) -> QuantWeight:
+                 qtype, block_size, symmetric: bool | None = None) -> QuantWeight:
     """Check and describe a quantized weight ``[N, K]`` stored as lowbit.nn stores it.
 
+    symmetric: whether the weight's scheme has zero points fixed at 0 (a layer passes what
+    its spec says); None reads it from the zero points (for raw tensors).
     Raises :class:`InputError` naming the inconsistent tensor and the fix.
     """
     qtype = qtype_from_name(qtype)
@@ -133,4 +132,6 @@ def quant_weight(qdata: torch.Tensor, scale: torch.Tensor, zero_point: torch.Ten
     if len({qdata.device, scale.device, zero_point.device}) != 1:
         raise InputError(f"qdata ({qdata.device}), scale ({scale.device}) and zero_point "
                          f"({zero_point.device}) are on different devices; move them together")
-    return QuantWeight(qdata, scale, zero_point, qtype, block, n, k, packed)
+    if symmetric is None:
+        symmetric = not bool(zero_point.any())
+    return QuantWeight(qdata, scale, zero_point, qtype, block, n, k, packed, bool(symmetric))

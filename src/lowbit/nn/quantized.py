@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import LayerConfig, QuantSpec, check_kernel_path
-from ..types import PerTensor, PerToken, Scheme
+from ..types import Scheme
 from .qat import (QuantConv1d, QuantConv2d, QuantEmbedding, QuantLinear, _meta_table,
                   check_embedding_config)
 from .quantized_base import DEFAULT_WEIGHT_SPEC, PACK_MAX_BITS, QuantizedModule  # noqa: F401
@@ -78,45 +78,25 @@ class QuantizedLinear(QuantizedModule):
 
     # ------------------------------------------------------------------ kernels
 
-    def _act_mode(self) -> tuple[str | None, str | None]:
-        """``(prepare_linear's act, None)`` or ``(None, why not)`` for the input quantizer."""
+    def act_format(self):
+        """The input's :class:`~lowbit.kernels.formats.ActFormat` (lowered from its spec once
+        per spec), or None for a float input."""
+        from ..kernels.formats import ActFormat
         aq = self.act_quantizer
         if aq is None:
-            return None, None
-        spec = aq.spec
-        if spec.qtype.name != "int8":
-            return None, f"input qtype {spec.qtype.name}: the kernels take int8 activations"
-        if spec.dynamic:
-            if isinstance(spec.granularity, PerToken) and spec.scheme is Scheme.AFFINE:
-                return "dynamic_int8", None
-            return None, (f"dynamic input {spec.scheme.value} {type(spec.granularity).__name__}: "
-                          "the kernels take dynamic int8 per-token AFFINE")
-        if not isinstance(spec.granularity, PerTensor):
-            return None, (f"static input {type(spec.granularity).__name__}: the kernels take "
-                          "static int8 per-tensor")
-        if spec.scheme not in (Scheme.SYMMETRIC, Scheme.AFFINE):
-            return None, f"input scheme {spec.scheme.value}: no kernel"
-        if not aq.is_frozen:
-            return None, "static input quantizer not calibrated"
-        return "dynamic_int8_tensor", None
+            return None
+        cached = self.__dict__.get("_act_format")
+        if cached is None or cached[0] is not aq.spec:
+            cached = (aq.spec, ActFormat.from_spec(aq.spec))
+            self.__dict__["_act_format"] = cached
+        return cached[1]
 
     def kernel_unsupported(self) -> str | None:
-        """Why this layer's formats have no kernel (None when they have one)."""
-        cols = self.in_features
-        bits, name = self.qtype.bits, self.qtype.name
-        if name == "int8":
-            if tuple(self.block_size) != (1, cols):
-                return (f"int8 weight with block {tuple(self.block_size)}: the kernels take "
-                        "int8 per output channel; reference path")
-        elif bits <= PACK_MAX_BITS and name in ("int4", "uint4"):
-            if self.block_size[0] != 1 or cols % self.block_size[1]:
-                return (f"{name} weight with block {tuple(self.block_size)}: the kernels take "
-                        "groups along the input dim; reference path")
-        else:
-            return f"weight qtype {name}: no integer kernel (int8 or int4); reference path"
-        _, why = self._act_mode()
-        if why is not None:
-            return why + "; reference path"
+        """Why this layer cannot run a kernel path now (None when it can).  Formats are not
+        judged here: the kernel registry's ``supports`` does that when the layer plans."""
+        aq = self.act_quantizer
+        if aq is not None and not aq.ready:
+            return "static input quantizer not calibrated; reference path"
         if not self.scale.is_floating_point() or self.scale.dtype != torch.float32:
             return f"scale dtype {self.scale.dtype}: kernels take float32 scales; reference path"
         return None
@@ -128,41 +108,62 @@ class QuantizedLinear(QuantizedModule):
         return (self.requested_kernel_path,) + tuple(
             (t.device, t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for t in ts)
 
+    def _quant_weight(self):
+        from ..kernels import quant_weight
+        return quant_weight(self.qdata, self.scale, self.zero_point, self.qtype, self.block_size,
+                            symmetric=self.weight_spec.scheme is not Scheme.AFFINE)
+
+    def kernel_plan(self):
+        """The layer's kernel :class:`~lowbit.kernels.dispatch.Plan` for float32 inputs, made
+        once per state of weight, qparams and requested path (nothing is packed): convert
+        records it and forward runs it.  Raises :class:`KernelUnavailableError` when a forced
+        path cannot run this layer."""
+        key = self._kernel_key()
+        cached = self.__dict__.get("_plan")
+        if cached is None or cached[0] != key:
+            from ..kernels import plan
+            from ..kernels.registry import linear_op
+            w, fmt = self._quant_weight(), self.act_format()
+            cached = (key, plan(linear_op(w, fmt), w, torch.float32, self.requested_kernel_path,
+                                fmt))
+            self.__dict__["_plan"] = cached
+        return cached[1]
+
+    def _runtime_act(self):
+        """What quantizes the input on the kernel path: None (a float input, or a dynamic
+        int8 one the prepared kernel quantizes itself), the calibrated int8 qparams of a
+        static input, or this layer's own quantizer (formats only the float paths take)."""
+        from ..kernels import ActQuantizer
+        fmt = self.act_format()
+        if fmt is None or (fmt.mode is not None and not fmt.static):
+            return None
+        aq = self.act_quantizer
+        if fmt.mode is not None:
+            return ActQuantizer(fmt.mode, scale=aq.scale.detach().reshape(1, 1).float(),
+                                zero=aq.zero_point.detach().reshape(1, 1).float())
+        return _OwnQuantizer(aq)
+
     def _prepared(self):
         """The cached :class:`~lowbit.kernels.PreparedLinear` (built now if stale)."""
-        from ..kernels import ActQuantizer, prepare_linear
+        from ..kernels import prepare_linear
         key = self._kernel_key()
         cached = self.__dict__.get("_kernel")
         if cached is None or self.__dict__.get("_kernel_cache_key") != key:
-            act, _ = self._act_mode()
+            plan = self.kernel_plan()
             prepared = prepare_linear(self.qdata, self.scale, self.zero_point, self.qtype,
-                                      self.block_size, act=act,
-                                      path=self.requested_kernel_path)
-            static = None
-            if act == "dynamic_int8_tensor":
-                aq = self.act_quantizer
-                static = ActQuantizer(
-                    "dynamic_int8_tensor",
-                    scale=aq.scale.detach().reshape(1, 1).to(torch.float32),
-                    zero=aq.zero_point.detach().reshape(1, 1).to(torch.float32))
-            cached = (prepared, static)
+                                      self.block_size, act=self.act_format(),
+                                      path=self.requested_kernel_path,
+                                      symmetric=self.weight_spec.scheme is not Scheme.AFFINE,
+                                      plan=plan)
+            cached = (prepared, self._runtime_act())
             self.__dict__["_kernel"], self.__dict__["_kernel_cache_key"] = cached, key
         return cached[0]
 
     def _kernel_fields(self) -> tuple[str, str, str]:
-        """The plan's fields: the cached kernel's, or a plan made without packing anything
-        (so reading them, as convert does, costs no memory)."""
-        cached = self.__dict__.get("_kernel")
-        if cached is not None and self.__dict__.get("_kernel_cache_key") == self._kernel_key():
-            f = cached[0].record_fields()
-            return f["kernel_path"], f["kernel"], f["kernel_reason"]
+        """``(kernel_path, kernel, kernel_reason)`` of the layer's plan."""
         from ..errors import KernelUnavailableError
-        from ..kernels import plan, quant_weight
-        from ..kernels.registry import linear_op
-        act, _ = self._act_mode()
-        w = quant_weight(self.qdata, self.scale, self.zero_point, self.qtype, self.block_size)
         try:
-            p = plan(linear_op(w, act), w, torch.float32, self.requested_kernel_path)
+            p = self.kernel_plan()
         except KernelUnavailableError as exc:
             return self.requested_kernel_path, "unavailable", str(exc)
         return ("+".join(dict.fromkeys(c.path for c in p.choices)),
@@ -175,6 +176,19 @@ class QuantizedLinear(QuantizedModule):
         if bias is not None and bias.dtype != x.dtype:
             bias = bias.to(x.dtype)
         return prepared(x, bias, self.__dict__["_kernel"][1])
+
+
+class _OwnQuantizer:
+    """A layer's own input quantizer seen as a kernel act quantizer, for input formats only
+    the float paths (``dense``, ``reference``) take: both fake-quantize with it."""
+
+    def __init__(self, quantizer):
+        self.quantizer = quantizer
+
+    def fake(self, x: torch.Tensor) -> torch.Tensor:
+        return self.quantizer(x.float())
+
+    reference = fake
 
 
 class _QuantizedConvNd(QuantizedModule):

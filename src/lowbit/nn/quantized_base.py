@@ -46,6 +46,7 @@ class QuantizedModule(nn.Module):
     def _invalidate_kernel(self) -> None:
         self.__dict__["_kernel"] = None
         self.__dict__["_kernel_cache_key"] = None
+        self.__dict__["_plan"] = None
 
     def kernel_unsupported(self) -> str | None:
         """Why this module's formats have no kernel (None when they have one)."""
@@ -182,7 +183,7 @@ class QuantizedModule(nn.Module):
 
     def __getstate__(self):  # deepcopy/pickle: the cached kernel is rebuilt, not copied
         state = self.__dict__.copy()
-        state["_kernel"] = state["_kernel_cache_key"] = None
+        state["_kernel"] = state["_kernel_cache_key"] = state["_plan"] = None
         return state
 
     def _forward_float(self, x_hat: torch.Tensor, w_hat: torch.Tensor) -> torch.Tensor:
