@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lowbit.kernels import ActQuantizer, machine, prepare_linear, quant_weight
+from lowbit.kernels import ActQuantizer, environment, prepare_linear, quant_weight
 from lowbit.kernels.dispatch import unusable
 from lowbit.kernels.formats import ActFormat
 from lowbit.kernels.registry import candidates
@@ -220,7 +220,7 @@ def main(argv=None) -> int:
     if args.shapes:
         shapes = [tuple(int(v) for v in text.split("->")) for text in args.shapes]
     rows = args.rows or ((1, 8, 32) if args.quick else ROWS)
-    meta = {"torch": torch.__version__, "machine": machine("cpu"), "threads": torch.get_num_threads(),
+    meta = {"torch": torch.__version__, "machine": environment()["cpu"], "threads": torch.get_num_threads(),
             "cpu": platform.processor() or platform.machine(), "rounds": args.rounds,
             "act_impl": args.act_impl, "loadavg_start": os.getloadavg(),
             "time": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -144,7 +144,7 @@ def main() -> None:
         print(json.dumps(convert_memory(args.child)))
         return
 
-    from lowbit.kernels import machine
+    from lowbit.kernels import environment
     from lowbit.model.api import quantize_model
     from lowbit.zoo.minilm import load_minilm, mean_cosine
     torch.set_num_threads(2)
@@ -186,13 +186,12 @@ def main() -> None:
         m = memory[preset]
         m["budget_bytes"] = m["float_model_bytes"] + m["largest_layer_bytes"]
 
-    result = {"machine": machine("cpu"), "platform": platform.platform(),
+    env = environment()
+    result = {"machine": env["cpu"], "environment": env, "platform": platform.platform(),
               "processor": platform.processor(), "torch": torch.__version__, "threads": 2,
               "batch": f"32 sentences x {SEQ} tokens", "repeats": args.repeats,
               "variants": rows, "kernels_at_4096_rows": kernels, "sizes": sizes,
-              "convert_memory": memory,
-              "note": "shared, noisy 2-core AMD EPYC with AVX2 only (no VNNI/AMX/AVX512-BF16): "
-                      "the issue's speed targets assumed an AMX machine"}
+              "convert_memory": memory}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "minilm.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "minilm.md").write_text(_markdown(result))

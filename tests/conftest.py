@@ -1,7 +1,34 @@
 """Fixtures shared by the whole test suite."""
 
+import os
+import tempfile
+
 import pytest
 import torch
+
+
+def pytest_configure(config):
+    """Kernel tuning decisions go to a cache of this test session, not the user's."""
+    os.environ["LOWBIT_CACHE"] = tempfile.mkdtemp(prefix="lowbit-test-cache-")
+
+
+@pytest.fixture
+def fake_timer(monkeypatch, tmp_path):
+    """``fake_timer(seconds)`` makes the kernel tuner read ``seconds(impl_name, rows)`` as each
+    candidate's time (in a fresh cache), so which kernel wins is the test's choice, not this
+    machine's CPU's."""
+    from lowbit.kernels import tuning
+    monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path / "tuning-cache"))
+    monkeypatch.delenv("LOWBIT_KERNEL_TUNING", raising=False)
+
+    def install(seconds):
+        def time_candidate(run, give_up_after=None):
+            # the tuner's timed lambda closes over the candidate ``impl`` and the rows ``x``
+            cells = dict(zip(run.__code__.co_freevars,
+                             (c.cell_contents for c in run.__closure__)))
+            return seconds(cells["impl"].name, cells["x"].shape[0])
+        monkeypatch.setattr(tuning, "time_candidate", time_candidate)
+    return install
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from .compat import (PTQPipeline, QuantizationConfig, calculate_quantization_err
                      quantize_symmetric, quantize_weight_per_channel, recipe_from_flags)
 from .config import FQ_IMPLS, KERNEL_PATHS
 from .model import (calibrate, convert, estimate_model_size, find_roles, lowbit_state, prepare,
-                    qat_finetune, quantize_model, to_float)
+                    qat_finetune, quantize_model, to_float, tune_kernels)
 from .model.checkpoint import load, save
 from .nn import (QuantConv1d, QuantConv2d, QuantEmbedding, QuantizedConv1d, QuantizedConv2d,
                  QuantizedEmbedding, QuantizedLinear, QuantLinear, TensorQuantizer,

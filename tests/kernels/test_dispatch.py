@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from lowbit.errors import ConfigError, KernelUnavailableError
-from lowbit.kernels import dispatch
-from lowbit.kernels.dispatch import TABLE, machine, plan
-from lowbit.kernels.registry import PATHS, find
+from lowbit.kernels.dispatch import plan
+from lowbit.kernels.registry import PATHS
 from lowbit.kernels.weights import quant_weight
 from lowbit.types import PerChannel, PerGroup, int4, int8
 
@@ -19,91 +18,76 @@ def w8(qweight):
     return quant_weight(*qweight(torch.randn(32, 64), int8, PerChannel(0)))
 
 
-@pytest.mark.parametrize("flags,expected", [
-    ({"_is_amx_tile_supported", "_is_avx512_bf16_supported", "_is_vnni_supported",
-      "_is_avx512_supported", "_is_avx2_supported"}, "cpu.amx"),
-    ({"_is_vnni_supported", "_is_avx512_supported", "_is_avx2_supported"}, "cpu.avx512_vnni"),
-    ({"_is_avx512_supported", "_is_avx2_supported"}, "cpu.avx2"),
-    ({"_is_avx2_supported"}, "cpu.avx2"),
-    (set(), "cpu"),
-])
-def test_machine_names_the_most_capable_class_whose_probes_all_pass(monkeypatch, flags,
-                                                                     expected):
-    for _, probes in dispatch.CPU_CLASSES:
-        for name in probes:
-            monkeypatch.setattr(torch.cpu, name, lambda name=name: name in flags, raising=False)
-    assert machine("cpu") == expected
-    assert machine("cuda") == "cuda", "named without initialising CUDA"
+@pytest.fixture(autouse=True)
+def fresh_cache(tmp_path, monkeypatch):
+    """Every test tunes into its own cache directory."""
+    monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("LOWBIT_KERNEL_TUNING", raising=False)
 
 
-def test_table_entries_are_well_formed():
-    for key, segments in TABLE.items():
-        where, op, *size = key
-        assert size in ([], ["small"], ["large"]), key
-        bounds = [s[0] for s in segments]
-        assert bounds[-1] is None, f"{key}: the last segment must be unbounded"
-        assert bounds[:-1] == sorted(bounds[:-1]), f"{key}: bounds ascend"
-        for _, path, compute, *kernel in segments:
-            device = "cuda" if where == "cuda" else "cpu"
-            assert find(op, path, device, *kernel) is not None, (key, path, kernel)
-            assert compute == "input" or compute in dispatch._DTYPES, (key, compute)
-
-
-def test_size_class_rows_win_over_rows_for_every_size(monkeypatch, qweight, w8):
-    monkeypatch.setattr(dispatch, "machine", lambda device: "cpu.test")
-    monkeypatch.setitem(TABLE, ("cpu.test", "linear.w8"), ((None, "dense", "f32"),))
-    monkeypatch.setitem(TABLE, ("cpu.test", "linear.w8", "large"), ((8, "integer", "bf16"),
-                                                                    (None, "dense", "f32")))
-    monkeypatch.setattr(dispatch, "LARGE_WEIGHT", 32 * 64)
-    assert dispatch.size_class(w8) == "large"
-    assert plan("linear.w8", w8, torch.float32).select(1).path == "integer"
-    small = quant_weight(*qweight(torch.randn(16, 64), int8, PerChannel(0)))
-    assert dispatch.size_class(small) == "small"
-    assert plan("linear.w8", small, torch.float32).select(1).path == "dense"
-
-
-def test_the_table_can_name_one_of_several_integer_kernels(monkeypatch, w8):
-    monkeypatch.setattr(dispatch, "machine", lambda device: "cpu.test")
-    for name in ("aten._int_mm", "aten._weight_int8pack_mm(a8 codes)"):
-        monkeypatch.setitem(TABLE, ("cpu.test", "linear.w8a8"),
-                            ((None, "integer", "f32", name),))
-        assert plan("linear.w8a8", w8, torch.float32).select(1).impl.name == name
-        assert plan("linear.w8a8", w8, torch.float32, "integer").select(1).impl.name == name
-
-
-def test_auto_follows_the_table_per_row_count(monkeypatch, w8):
-    monkeypatch.setattr(dispatch, "machine", lambda device: "cpu.test")
-    monkeypatch.setitem(TABLE, ("cpu.test", "linear.w8"),
-                        ((32, "integer", "bf16"), (None, "dense", "bf16")))
+def test_auto_runs_what_measured_fastest_per_row_bucket(fake_timer, w8):
+    # the integer kernel wins below 32 rows, the float GEMM from 32 rows up
+    fake_timer(lambda name, rows: (1.0 if rows < 32 else 3.0)
+               if name.startswith("aten.") else 2.0)
     p = plan("linear.w8", w8, torch.float32)
-    assert [(c.min_rows, c.max_rows, c.path, c.compute) for c in p.choices] == [
-        (0, 32, "integer", torch.bfloat16), (32, None, "dense", torch.bfloat16)]
-    assert p.select(1).path == "integer" and p.select(31).path == "integer"
-    assert p.select(32).path == "dense" and p.select(10 ** 6).path == "dense"
-    assert "cpu.test table" in p.select(1).reason and not p.select(1).fallback
+    assert p.undecided and p.choices == ()
+    small, big = p.select(1), p.select(4096)
+    assert (small.path, small.impl.name) == ("integer", "aten._weight_int8pack_mm")
+    assert small.compute == torch.float32, "a float32 input is never rounded through bfloat16"
+    assert small.source == "measured" and small.speedup == pytest.approx(2.0)
+    assert big.path == "dense" and big.speedup == pytest.approx(1.0)
+    assert p.select(20) is p.select(16), "one decision per bucket"
+    assert [(c.min_rows, c.max_rows) for c in p.choices] == [(0, 2), (16, 32), (4096, None)]
 
 
-def test_a_kernel_that_cannot_run_falls_back_and_says_why(monkeypatch, qweight):
-    monkeypatch.setattr(dispatch, "machine", lambda device: "cpu.test")
-    monkeypatch.setitem(TABLE, ("cpu.test", "linear.w8"), ((16, "integer", "bf16"),
-                                                           (None, "dense", "f32")))
+def test_a_decision_is_cached_on_disk_and_reused(monkeypatch, fake_timer, w8):
+    from lowbit.kernels import tuning
+    fake_timer(lambda name, rows: 1.0 if name.startswith("aten.") else 2.0)
+    first = plan("linear.w8", w8, torch.float32).select(8)
+    assert first.source == "measured"
+    assert tuning.cache().path.exists()
+
+    def no_timing(run):
+        raise AssertionError("a cached decision is not measured again")
+    monkeypatch.setattr(tuning, "time_candidate", no_timing)
+    again = plan("linear.w8", w8, torch.float32).select(8)
+    assert (again.impl.name, again.compute, again.source) == (first.impl.name, first.compute,
+                                                              "cache")
+    assert again.speedup == pytest.approx(2.0)
+
+
+def test_formats_no_integer_kernel_takes_are_not_measured(monkeypatch, qweight):
+    from lowbit.kernels import tuning
+    monkeypatch.setattr(tuning, "time_candidate", lambda run: pytest.fail("nothing to time"))
     torch.manual_seed(0)
     grouped = quant_weight(*qweight(torch.randn(32, 64), int8, PerGroup(32, 1)))
     first = plan("linear.w8", grouped, torch.float32).select(1)
-    assert first.path == "dense" and first.fallback
-    assert "unavailable" in first.reason and "one scale per output channel" in first.reason
-    assert first.compute == torch.float32, "the fallback is the float path in the input dtype"
+    assert first.path == "dense" and first.source == "rule"
+    assert "one scale per output channel" in first.reason
+    assert first.compute == torch.float32, "the float path in the input dtype"
 
 
-def test_no_table_row_means_the_float_path_in_the_input_dtype(monkeypatch, w8):
-    monkeypatch.setattr(dispatch, "machine", lambda device: "cpu.unmeasured")
-    for dtype in (torch.float32, torch.bfloat16):
-        (only,) = plan("linear.w8", w8, dtype).choices
-        assert (only.path, only.compute, only.max_rows) == ("dense", dtype, None)
-        assert "no table row for cpu.unmeasured/linear.w8" in only.reason
+def test_a_bfloat16_input_may_use_bfloat16_kernels(fake_timer, w8):
+    fake_timer(lambda name, rows: 1.0 if name.startswith("aten.") else 2.0)
+    choice = plan("linear.w8", w8, torch.bfloat16).select(4)
+    assert choice.path == "integer" and choice.compute == torch.bfloat16
 
 
-def test_forced_backends(w8):
+def test_tuning_off_takes_the_float_path_by_rule(monkeypatch, w8):
+    monkeypatch.setenv("LOWBIT_KERNEL_TUNING", "off")
+    choice = plan("linear.w8", w8, torch.float32).select(4)
+    assert (choice.path, choice.source) == ("dense", "rule") and "tuning is off" in choice.reason
+
+
+def test_convs_are_not_timed_yet_and_say_so(qweight):
+    from lowbit.kernels.conv import prepare_conv2d
+    torch.manual_seed(0)
+    w = torch.randn(8, 4, 3, 3)
+    conv = prepare_conv2d(*qweight(w.reshape(8, -1), int8, PerChannel(0)), (8, 4, 3, 3))
+    assert conv.path == "dense" and "no measured choice for conv2d" in conv.reason
+
+
+def test_forced_paths(w8):
     for path in PATHS:
         (only,) = plan("linear.w8", w8, torch.float32, path).choices
         assert only.path == path and "forced" in only.reason
@@ -111,7 +95,7 @@ def test_forced_backends(w8):
     assert integer.compute in integer.impl.compute_dtypes
 
 
-def test_forcing_an_unavailable_backend_raises(qweight):
+def test_forcing_an_unavailable_path_raises(qweight):
     torch.manual_seed(0)
     odd = quant_weight(*qweight(torch.randn(8, 64), int4, PerGroup(32, 1)))  # N % 16 != 0
     with pytest.raises(KernelUnavailableError,

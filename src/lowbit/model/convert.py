@@ -14,8 +14,10 @@ import logging
 
 from torch import nn
 
+from ..nn.quantized import QuantizedModule
+
 from ..nn.tables import QUANTIZED_MODULES
-from .prepare import alias_map, lowbit_state, quant_modules, swap_module
+from .prepare import STATE_ATTR, alias_map, lowbit_state, quant_modules, swap_module
 
 logger = logging.getLogger(__name__)
 
@@ -50,4 +52,25 @@ def convert(model: nn.Module, *, inplace: bool = False) -> nn.Module:
         del qat
     state.converted = True
     logger.info("converted %s to integer storage", type(model).__name__)
+    return model
+
+
+#: Row counts :func:`tune_kernels` decides by default: one per bucket size class that
+#: single requests, small batches and whole sequences use.
+TUNE_ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+def tune_kernels(model: nn.Module, rows=TUNE_ROWS) -> nn.Module:
+    """Decide every ``auto`` layer's kernel for inputs of ``rows`` rows now (measured on this
+    machine, or read from the tuning cache) instead of on first use, and write the decisions
+    into the layers' records.  Returns ``model``."""
+    state = getattr(model, STATE_ATTR, None)
+    for name, module in model.named_modules():
+        if not isinstance(module, QuantizedModule) or not hasattr(module, "kernel_plan"):
+            continue
+        if module.requested_kernel_path == "auto" and module.kernel_unsupported() is None:
+            module.kernel_plan().decide(rows)
+        record = None if state is None else state.record(name)
+        if record is not None:
+            record.kernel_path, record.kernel, record.kernel_reason = module._kernel_info()
     return model

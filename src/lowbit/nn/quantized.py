@@ -166,9 +166,7 @@ class QuantizedLinear(QuantizedModule):
             p = self.kernel_plan()
         except KernelUnavailableError as exc:
             return self.requested_kernel_path, "unavailable", str(exc)
-        return ("+".join(dict.fromkeys(c.path for c in p.choices)),
-                "; ".join(c.describe() for c in p.choices),
-                "; ".join(c.reason for c in p.choices))
+        return p.summary()
 
     def _forward_kernel(self, x: torch.Tensor) -> torch.Tensor:
         prepared = self._prepared()
@@ -216,8 +214,8 @@ class _QuantizedConvNd(QuantizedModule):
     _reference_op = "conv"
 
     def kernel_unsupported(self) -> str | None:
-        return ("conv kernels not wired: the dispatcher chooses no conv2d kernel on any "
-                "machine yet (auto would run the float conv), so the reference path "
+        return ("conv kernels not wired: auto does not time conv2d kernels yet (it would "
+                "run the float conv), so the reference path "
                 "(fake-quant input, dequantized weight, float conv) is kept")
 
     def _forward_float(self, x_hat, w_hat):
