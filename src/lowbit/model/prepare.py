@@ -13,6 +13,7 @@ import contextlib
 import copy
 import logging
 import types
+import warnings
 from typing import Any, Iterator
 
 import torch
@@ -188,8 +189,11 @@ def _calibration_metrics(summary: dict) -> dict:
 
 @contextlib.contextmanager
 def calibrate(model: nn.Module, max_batches: int | None = None):
-    """Context manager: observers on and no grad inside; ranges frozen on exit.
+    """Context manager: eval mode, observers on and no grad inside; ranges frozen on exit.
 
+    A model in train mode is switched to eval mode first (with a warning), so BatchNorm
+    statistics stay as trained and dropout is off while ranges are observed; the model stays
+    in eval mode afterwards (``model.train()`` before quantization-aware training).
     max_batches: observe only the first N forwards of the root model (later
     forwards inside the block run with observers off).
     """
@@ -197,6 +201,11 @@ def calibrate(model: nn.Module, max_batches: int | None = None):
                                     or max_batches < 1):
         raise ConfigError("max_batches", max_batches, "None or an integer >= 1",
                           fix="pass max_batches=None to observe every batch")
+    if model.training:
+        warnings.warn(f"{type(model).__name__} is in train mode; lowbit calibrates in eval mode "
+                      "(BatchNorm statistics kept, dropout off) and leaves it in eval mode",
+                      UserWarning, stacklevel=3)
+        model.eval()
     start_calibration(model)
     seen = [0]
     paused: list[tuple[TensorQuantizer, bool]] = []  # (quantizer, was observing)
