@@ -42,7 +42,8 @@ def _float_bytes(module: QuantizedModule) -> int:
 def estimate_model_size(model: nn.Module) -> dict:
     """Bytes of ``model`` as float and as stored now.
 
-    Returns ``{"float_bytes", "quantized_bytes", "compression_ratio"}``. A real low-bit
+    Returns ``{"float_bytes", "quantized_bytes", "compression_ratio"}`` (the ratio is 1.0 for
+    a model without parameters). A real low-bit
     module counts its stored bytes (codes, scales, zero points, bias, input qparams)
     against the bytes its float weight and bias take in the weight's original dtype.
     A fake-quant model's quantizers (qparams held beside the float weights) count as
@@ -69,6 +70,7 @@ def estimate_model_size(model: nn.Module) -> dict:
             float_bytes += own
         quantized_bytes += own
         stack.extend(module.children())
-    ratio = float_bytes / quantized_bytes if quantized_bytes else float("nan")
+    # a model with no parameters at all stores nothing either way: ratio 1, never NaN
+    ratio = float_bytes / quantized_bytes if quantized_bytes else 1.0
     return {"float_bytes": int(float_bytes), "quantized_bytes": int(quantized_bytes),
             "compression_ratio": ratio}
