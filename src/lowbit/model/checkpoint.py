@@ -117,6 +117,13 @@ def _roles_dict(roles: RoleMap | None) -> dict | None:
             "never_executed": roles.never_executed, "info": roles.info}
 
 
+def _directory(path: Any) -> Path:
+    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise ConfigError("path", path, "a checkpoint directory path (str or os.PathLike)",
+                          fix="pass e.g. 'ckpt/'")
+    return Path(path)
+
+
 def save(model: nn.Module, path: str | os.PathLike) -> Path:
     """Save a prepared, calibrated or converted ``model`` into the directory ``path``.
 
@@ -129,7 +136,7 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
         raise ConfigError("model", type(model).__name__, "a torch.nn.Module prepared by lowbit",
                           fix="pass the model returned by lowbit.prepare or quantize_model")
     state = lowbit_state(model)
-    directory = Path(path)
+    directory = _directory(path)
     if directory.exists() and not directory.is_dir():
         raise CheckpointError(f"{directory}: is a file, but a checkpoint is a directory. "
                               "Fix: pass a directory path (it is created if missing)")
@@ -262,7 +269,7 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     if getattr(model, STATE_ATTR, None) is not None:
         raise StateError("lowbit.load needs the FLOAT model, but this one was already prepared "
                          "by lowbit; pass a fresh instance of the architecture")
-    directory = Path(path)
+    directory = _directory(path)
     file = directory / MANIFEST
     manifest, tensors = read_checkpoint(directory)
     weights_file = directory / manifest["weights_file"]

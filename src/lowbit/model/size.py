@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..nn.quantized import QuantizedModule
 from ..nn.quantizer import TensorQuantizer
 
@@ -50,8 +51,12 @@ def estimate_model_size(model: nn.Module) -> dict:
     stored bytes only, so ``float_bytes`` is the float model's at every stage and a
     fake-quant model's ratio is a little below 1 until ``convert``. Every other parameter
     and buffer counts the same on both sides. A module or tensor reachable under several
-    names (shared layers, tied weights) counts once.
+    names (shared layers, tied weights) counts once.  Anything but a module is a
+    :class:`ConfigError`.
     """
+    if not isinstance(model, nn.Module):
+        raise ConfigError("model", type(model).__name__, "a torch.nn.Module",
+                          fix="pass the float, fake-quant or converted model")
     float_bytes = quantized_bytes = 0
     seen_modules: set[int] = set()
     seen_tensors: set = set()

@@ -212,7 +212,13 @@ class _FakeQuantSTE(torch.autograd.Function):
 
 
 def fake_quantize(x: torch.Tensor, qp: QParams) -> torch.Tensor:
-    """``dequantize(quantize(x))`` in ``x``'s dtype, with a straight-through gradient."""
+    """``dequantize(quantize(x))`` in ``x``'s dtype, with a straight-through gradient.
+
+    Checks types and the device only (no data-dependent check: this runs in every forward)."""
+    if not isinstance(x, torch.Tensor) or x.device.type == "meta":
+        check_tensor(x, "input to fake_quantize")
+    if not isinstance(qp, QParams):
+        check_qparams(qp)
     scale, zero = _broadcast_params(x, qp)
     out = _FakeQuantSTE.apply(x.float(), scale, zero.float(), qp.qtype.qmin, qp.qtype.qmax)
     return out.to(x.dtype)
