@@ -316,3 +316,31 @@ def test_sigkill_during_saves_never_loses_the_checkpoint_and_later_saves_clean_u
     save(first, tmp_path)
     assert not list(tmp_path.glob(".*.tmp")), "stale temporaries of killed saves are removed"
     assert len(_weights_files(tmp_path)) == 1
+
+# ---------------------------------------------------------------------------- determinism, no pickle
+
+
+def test_two_processes_saving_the_same_model_write_identical_bytes(tmp_path):
+    procs = [_spawn("writer", tmp_path / name, 5, 1) for name in ("a", "b")]
+    for proc in procs:
+        _, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-2000:]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _weights_files(a) == _weights_files(b)
+    name = _weights_files(a)[0]
+    assert (a / name).read_bytes() == (b / name).read_bytes()
+    assert (a / MANIFEST).read_text() == (b / MANIFEST).read_text()
+
+
+def test_loading_never_unpickles(tmp_path, monkeypatch):
+    import pickle
+
+    save(_calibrated(1), tmp_path)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("lowbit.load must not unpickle")
+
+    for name in ("load", "loads", "Unpickler"):
+        monkeypatch.setattr(pickle, name, refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    assert torch.equal(_loaded_output(tmp_path), _output(_calibrated(1)))

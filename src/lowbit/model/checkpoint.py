@@ -40,7 +40,7 @@ from torch import nn
 
 from .._version import __version__
 from ..config import LayerConfig
-from ..errors import CheckpointError, ConfigError, StateError
+from ..errors import CheckpointError, ConfigError, LowbitError, StateError
 from ..nn.quantized import QuantizedModule
 from ..nn.quantizer import TensorQuantizer
 from ..nn.tables import QAT_MODULES, QUANTIZED_MODULES
@@ -263,6 +263,19 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     or mismatched checkpoint; after a mismatch the model is half-built, so load into a
     fresh instance again.  :func:`read_checkpoint` gives the migrated manifest itself.
     """
+    try:
+        return _load(path, model)
+    except LowbitError:
+        raise
+    except (TypeError, KeyError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
+        # a manifest that passed the field checks but does not hang together
+        raise CheckpointError(f"{Path(path) / MANIFEST}: the manifest does not describe a "
+                              f"model lowbit can rebuild ({type(exc).__name__}: "
+                              f"{str(exc)[:200]}). Fix: restore the manifest or save the model "
+                              "again") from None
+
+
+def _load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise ConfigError("model", type(model).__name__, "a torch.nn.Module",
                           fix="pass a fresh float instance of the saved architecture")

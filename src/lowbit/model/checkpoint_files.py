@@ -209,6 +209,14 @@ def _validate(manifest: dict, file: Path) -> None:
     for field, kind in (("layers", dict), ("records", list), ("recipe", dict)):
         if not isinstance(manifest.get(field), kind):
             raise bad(field, f"a {kind.__name__}")
+    for field in ("roles", "observers"):
+        if manifest.get(field) is not None and not isinstance(manifest[field], dict):
+            raise bad(field, "a dict or null")
+    for path, info in (manifest.get("observers") or {}).items():
+        if not isinstance(info, dict):
+            raise CheckpointError(f"{file}: observers[{path!r}]={info!r} is invalid: allowed "
+                                  "{'method', 'n_observed', 'observing'}. Fix: restore the "
+                                  "manifest or save the model again")
     for name, entry in manifest["layers"].items():
         if not isinstance(entry, dict) or entry.get("kind") not in KINDS \
                 or not isinstance(entry.get("config"), dict):
