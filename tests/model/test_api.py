@@ -300,3 +300,14 @@ def test_a_model_in_train_mode_is_calibrated_in_eval_mode_and_left_untouched():
     with torch.no_grad():
         ref, out = net(x), qmodel(x)
     assert float((out - ref).norm() / ref.norm()) < 0.1
+
+
+def test_start_calibration_also_switches_a_train_mode_model_to_eval():
+    fq = prepare(_bn_dropout_net(), "w8a8-static").train()
+    with pytest.warns(UserWarning, match="lowbit calibrates in eval mode"):
+        fq.start_calibration()
+    assert not fq.training
+    with torch.no_grad():
+        fq(torch.randn(8, 16))
+    fq.end_calibration()
+    assert not fq.training
