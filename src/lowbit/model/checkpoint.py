@@ -146,7 +146,7 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
                 "backend": state.backend, "stage": _stage(model), "layers": _layers(model),
                 "records": [r.to_dict() for r in state.records],
                 "roles": _roles_dict(state.roles), "observers": observers}
-    weights = write_checkpoint(directory, tensors, manifest)
+    write_checkpoint(directory, tensors, manifest)
     logger.info("saved %s (%s stage, %d layer(s)) to %s", type(model).__name__,
                 manifest["stage"], len(manifest["layers"]), directory)
     return directory

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import ConfigError, InputError, check_int_range
 from ..types import QParams, QType, Scheme, int16, qtype_from_name
-from .affine import check_finite, check_tensor, dequantize, fake_quantize, qparams_from_range, quantize
+from .affine import check_tensor, dequantize, fake_quantize, qparams_from_range, quantize
 
 MAX_FRAC_BITS = 30  # the same bound as QuantSpec.frac_bits
 
