@@ -139,7 +139,21 @@ X = torch.randn(4, 16, generator=torch.Generator().manual_seed(7))
 def mlp(s):
     torch.manual_seed(s)
     return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
-if role == "writer":
+if role == "limited":  # a real write failure: files may not grow beyond `count` bytes
+    import resource, signal
+    from lowbit.errors import CheckpointError
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (count, count))
+    model = prepare(mlp(seed), "w8a8-static")
+    with calibrate(model):
+        model(X)
+    try:
+        lowbit.save(model, path)
+    except CheckpointError as exc:
+        print("refused:", exc)
+    else:
+        print("saved")
+elif role == "writer":
     model = prepare(mlp(seed), "w8a8-static")
     with calibrate(model):
         model(X)
@@ -264,6 +278,21 @@ def test_a_failure_at_any_write_step_keeps_the_previous_checkpoint(tmp_path, mon
     save(new, tmp_path)
     assert torch.equal(_loaded_output(tmp_path), _output(new))
     assert len(_weights_files(tmp_path)) == 1
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs RLIMIT_FSIZE (POSIX)")
+def test_a_real_write_failure_file_size_limit_keeps_the_previous_checkpoint(tmp_path):
+    """Not a patched write: the saving process may not write files beyond 1 KB (the kernel
+    refuses with EFBIG, as a full disk refuses with ENOSPC)."""
+    old = _calibrated(1)
+    save(old, tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    proc = _spawn("limited", tmp_path, 2, 1024)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-2000:]
+    assert out.startswith("refused:") and "cannot save the checkpoint there" in out, out
+    assert sorted(p.name for p in tmp_path.iterdir()) == before, "nothing added or removed"
+    assert torch.equal(_loaded_output(tmp_path), _output(old))
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")

@@ -79,6 +79,10 @@ def write_checkpoint(directory: Path, tensors: dict[str, torch.Tensor], manifest
         directory.mkdir(parents=True, exist_ok=True)
         with checkpoint_lock.exclusive(directory):
             return _write_locked(directory, tensors, manifest)
+    except SafetensorError as exc:  # safetensors reports its I/O errors (disk full) so
+        raise CheckpointError(f"{directory}: cannot save the checkpoint there ({exc}); the "
+                              "previous checkpoint, if any, is unchanged. Fix: save into a "
+                              "writable directory with free space") from None
     except OSError as exc:
         raise CheckpointError(f"{directory}: cannot save the checkpoint there "
                               f"({exc.strerror or exc}); the previous checkpoint, if any, is "
