@@ -27,7 +27,7 @@ from lowbit.model.checkpoint import MANIFEST, load, save  # noqa: E402
 from lowbit.model.prepare import calibrate, prepare  # noqa: E402
 from lowbit.recipe import Recipe, load_recipe  # noqa: E402
 
-EXAMPLES = int(os.environ.get("LOWBIT_FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("LOWBIT_FUZZ_EXAMPLES", "400"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=10_000, derandomize="LOWBIT_FUZZ_EXAMPLES" not in
                 os.environ, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                    HealthCheck.too_slow])
