@@ -115,7 +115,22 @@ CASES = {
     "load(path)": (lambda bad: lowbit.load(bad, _linear_model()), ["none", "int", "list", "str"]),
     "load(model)": (lambda bad: lowbit.load(_OUT["dir"], bad), MODEL_ARG),
     "to_fixed": (lambda bad: lowbit.to_fixed(bad), ["none", "str", "list", "nan", "meta"]),
+    "export_onnx(model)": (lambda bad: _onnx() and lowbit.export_onnx(bad, GOOD_X,
+                                                                      _OUT["dir"] / "m.onnx"),
+                           MODEL_ARG),
+    "export_onnx(path)": (lambda bad: _onnx() and lowbit.export_onnx(_calibrated(), GOOD_X, bad),
+                          ["none", "int", "list"]),
+    "validate_onnx(path)": (lambda bad: _onnx() and lowbit.validate_onnx(bad, _linear_model(),
+                                                                          GOOD_X),
+                            ["none", "int", "list", "str"]),
+    "pack": (lambda bad: lowbit.pack(bad, 4), ["none", "str", "list", "float_codes", "meta"]),
 }
+
+
+def _onnx() -> bool:
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    return True
 
 _OUT: dict[str, Path] = {}
 PARAMS = [pytest.param(name, label, id=f"{name}-{label}")
