@@ -128,9 +128,10 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
     """Save a prepared, calibrated or converted ``model`` into the directory ``path``.
 
     Writes ``weights-<sha256[:16]>.safetensors`` and ``manifest.json`` atomically (see the
-    module docstring) and removes weight files of earlier saves.  Returns the directory.
-    Raises :class:`StateError` for a model lowbit never prepared and
-    :class:`CheckpointError` when ``path`` is a file.
+    module docstring), under the directory's lock, and removes the files of earlier saves
+    (only files lowbit wrote).  Returns the directory.  Raises :class:`StateError` for a
+    model lowbit never prepared and :class:`CheckpointError` when ``path`` is a file or
+    cannot be written (read-only, disk full); the previous checkpoint then stays loadable.
     """
     if not isinstance(model, nn.Module):
         raise ConfigError("model", type(model).__name__, "a torch.nn.Module prepared by lowbit",
