@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
+import inspect
 import json
 import re
+import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping
@@ -336,6 +338,10 @@ def _parse_document(source: str | Path, fmt: str, load: Callable[[str], Any]) ->
         except OSError as exc:
             raise ConfigError("recipe file", str(source), "an existing, readable file",
                               fix=f"check the path ({exc.strerror or exc})") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError("recipe file", str(source), "UTF-8 text",
+                              fix=f"the file is not UTF-8 (byte {exc.start}: {exc.reason}); "
+                                  "save it as UTF-8") from None
     else:
         text = source
     try:
@@ -362,6 +368,31 @@ def register_named_recipe(name: str, recipe: "Recipe") -> "Recipe":
     return recipe
 
 
+def _call_recipe_factory(ref: str, module_name: str, fn: Any) -> Any:
+    """Call ``fn()`` only when it is a Python function outside the standard library that
+    takes no arguments: ``os:system`` or ``sys:exit`` is refused, never called."""
+    top = module_name.split(".")[0]
+    stdlib = getattr(sys, "stdlib_module_names", frozenset())
+    try:
+        no_args = inspect.isfunction(fn) and not any(
+            p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD,
+                                                 p.KEYWORD_ONLY)
+            for p in inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        no_args = False
+    if top in stdlib or not no_args:
+        raise ConfigError("recipe", ref, "'module:attr' that is a Recipe, or a Python function "
+                          "of your own taking no arguments that returns one",
+                          fix=f"{ref} is a {type(fn).__name__} that lowbit will not call; "
+                              "name a Recipe object or a recipe-building function") from None
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - the user's function failed: say which
+        raise ConfigError("recipe", ref, "a function that returns a Recipe",
+                          fix=f"calling {ref}() raised {type(exc).__name__}: "
+                              f"{str(exc)[:200]}") from None
+
+
 _OBJECT_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
@@ -380,7 +411,7 @@ def _load_object(ref: str) -> Recipe:
                               fix=f"{module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     if not isinstance(obj, Recipe) and callable(obj):
-        obj = obj()
+        obj = _call_recipe_factory(ref, module_name, obj)
     if not isinstance(obj, Recipe):
         raise ConfigError("recipe", ref, "'module:attr' that is a Recipe or returns one",
                           fix=f"{ref} gave a {type(obj).__name__}; make it a lowbit Recipe")

@@ -107,3 +107,21 @@ def cli_env(tmp_path_factory):
         mp.syspath_prepend(str(HERE))
         yield cache
     torch.set_num_threads(threads)
+
+
+class NoLayers(nn.Module):
+    """Only parameter-free ops: nothing for lowbit to quantize."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 8) -> (B, 8)."""
+        return torch.tanh(x) * 2
+
+
+def no_quantizable_layer():
+    """``(model, calib_data)`` with no Linear/Conv/Embedding anywhere."""
+    return NoLayers().eval(), [torch.randn(4, 8, generator=torch.Generator().manual_seed(0))]
+
+
+def no_batches():
+    """A model with an empty calibration list."""
+    return _model_and_batches()[0], []

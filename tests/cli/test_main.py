@@ -87,13 +87,34 @@ def test_lowbit_error_is_one_line_on_stderr_with_status_2(registry, capsys):
     assert capsys.readouterr().err == "lowbit: error: bits=3 is invalid: allowed 2, 4, 8\n"
 
 
-def test_other_exceptions_are_not_swallowed(registry):
+def test_other_exceptions_are_one_line_pointing_to_debug_which_shows_the_traceback(registry,
+                                                                                   capsys):
     def run(args):
-        raise RuntimeError("a bug")
+        raise RuntimeError("a bug\nwith two lines")
 
     cli.register("bug", lambda parser: None, run)
+    assert cli.main(["bug"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(
+        "lowbit: internal error: RuntimeError: a bug with two lines")
+    assert "lowbit --debug" in err
     with pytest.raises(RuntimeError, match="a bug"):
-        cli.main(["bug"])
+        cli.main(["--debug", "bug"])
+
+
+@pytest.mark.parametrize("exc,needle", [
+    (PermissionError(13, "Permission denied", "/x/y"), "/x/y: Permission denied. Fix: choose"),
+    (OSError(28, "No space left on device", "/x"), "No space left on device. Fix: free some"),
+    (OSError(36, "File name too long", "/x" * 200), "File name too long. Fix: use a shorter"),
+])
+def test_os_errors_are_one_line_with_status_2(registry, capsys, exc, needle):
+    def run(args):
+        raise exc
+
+    cli.register("oserr", lambda parser: None, run)
+    assert cli.main(["oserr"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("lowbit: error: ") and needle in err
 
 
 def test_registering_a_different_command_under_a_taken_name_fails(registry):

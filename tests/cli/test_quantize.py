@@ -203,3 +203,53 @@ def test_minilm_w8a8_keeps_embedding_cosine(tmp_path, capsys, cli_env):
     embeddings = [r for r in records.values() if r["module_type"] == "Embedding"]
     assert embeddings and all(r["config"]["act"] is None for r in embeddings), \
         "embeddings are quantized weight-only"
+
+
+# ---------------------------------------------------------------------------- bad inputs
+
+
+def test_a_model_with_nothing_to_quantize_says_so_and_writes_valid_json(tmp_path, capsys,
+                                                                          cli_env):
+    """It printed "(nanx)" and wrote "compression_ratio": NaN (not JSON) after exit 0."""
+    summary, records, out = quantize(capsys, tmp_path / "o",
+                                     model="fixtures_models:no_quantizable_layer")
+    assert "nothing was quantized" in out and "nan" not in out.lower()
+    assert summary["quantized_layers"] == 0 and summary["compression_ratio"] == 1.0
+    assert "NaN" not in (tmp_path / "o" / "summary.json").read_text()
+
+
+def test_a_function_returning_no_calibration_batches_is_exit_2(tmp_path, capsys, cli_env):
+    code, _, err = run_cli(capsys, "quantize", "--model", "fixtures_models:no_batches",
+                           "--out_dir", tmp_path / "o")
+    assert_one_line_error(code, err, "at least one calibration batch", "no_batches")
+
+
+@pytest.mark.parametrize("kind", ["file", "long"])
+def test_an_out_dir_that_is_a_file_or_too_long_is_exit_2(tmp_path, capsys, cli_env, kind):
+    out_dir = tmp_path / "f"
+    if kind == "file":
+        out_dir.write_text("x")
+    else:
+        out_dir = tmp_path / ("x" * 300)
+    code, _, err = run_cli(capsys, "quantize", "--model", "fixtures_models:tiny_mlp",
+                           "--out_dir", out_dir)
+    assert_one_line_error(code, err, "Not a directory" if kind == "file" else "too long")
+    if kind == "file":
+        assert out_dir.read_text() == "x"
+
+
+@pytest.mark.parametrize("recipe,needle", [
+    ("os:system", "that lowbit will not call"),
+    ("sys:exit", "that lowbit will not call"),
+    ("latin1.yaml", "is not UTF-8"),
+])
+def test_recipes_that_are_not_recipes_are_exit_2_and_never_called(tmp_path, capsys, cli_env,
+                                                                    recipe, needle):
+    if recipe.endswith(".yaml"):
+        path = tmp_path / recipe
+        path.write_bytes("name: caf\u00e9\n".encode("latin-1"))
+        recipe = str(path)
+    code, _, err = run_cli(capsys, "quantize", "--model", "fixtures_models:tiny_mlp",
+                           "--recipe", recipe, "--out_dir", tmp_path / "o")
+    assert_one_line_error(code, err, needle)
+    assert not (tmp_path / "o").exists()

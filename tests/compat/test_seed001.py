@@ -174,3 +174,15 @@ def test_bad_dequantize_arguments_raise():
     qp = affine.choose_qparams(torch.randn(4, 6), int8)
     with pytest.raises(ConfigError, match="zero_point=0 is invalid: allowed None when a QParams"):
         dequantize(q, qp, 0)
+
+
+def test_quantize_symmetric_on_an_empty_tensor_says_empty_not_block_size():
+    with pytest.raises(InputError, match=r"is empty \(shape \(0, 4\)\).*Fix: pass a non-empty"):
+        quantize_symmetric(torch.zeros(0, 4))
+
+
+def test_the_seed_dequantize_refuses_a_negative_or_nan_scale():
+    q = torch.tensor([1, -2, 3], dtype=torch.int8)
+    for bad in (-0.5, float("nan")):
+        with pytest.raises(InputError, match="not finite and > 0"):
+            dequantize(q, bad)

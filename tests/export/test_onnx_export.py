@@ -250,3 +250,20 @@ def test_bad_arguments_are_config_errors(tiny_mlp, tmp_path, kwargs, match):
             "path": tmp_path / "x.onnx", **kwargs}
     with pytest.raises(ConfigError, match=match):
         export_onnx(args.pop("model"), args.pop("example_inputs"), args.pop("path"), **args)
+
+
+def test_exporting_to_a_directory_or_under_a_file_is_a_clear_error(tmp_path, tiny_mlp):
+    """Both were raw tracebacks (and the first left a stray .tmp file)."""
+    pytest.importorskip("onnx")
+    from lowbit.errors import ConfigError
+    from lowbit.export import export_onnx
+
+    ids = torch.randint(0, 50, (2, 3))
+    with pytest.raises(ConfigError, match=r"path=.* is invalid: allowed a file path such as "
+                                          r"'model.onnx', not a directory"):
+        export_onnx(tiny_mlp, ids, tmp_path)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match=r"'.*file' is a file: choose another location"):
+        export_onnx(tiny_mlp, ids, blocker / "sub" / "m.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"], "nothing stray is left"

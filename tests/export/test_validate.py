@@ -35,15 +35,16 @@ def test_a_model_that_does_not_match_fails_loudly(digits_static_export, digits):
     torch.manual_seed(123)
     stranger = DigitsCNN().eval()  # untrained: other outputs for the same inputs
     with pytest.raises(ExportError, match=r"ONNX Runtime output 'output' does not match the "
-                                          r"PyTorch model: max abs error [\d.e+-]+ \(atol None\), "
-                                          r"mean cosine -?[\d.]+ \(min_cosine 0.999\)"):
+                                          r"PyTorch model on the given inputs: max abs error "
+                                          r"[\d.e+-]+ \(atol None\), relative error [\d.e+-]+ "
+                                          r".*mean cosine -?[\d.]+ \(min_cosine 0.999\)"):
         validate_onnx(result.path, stranger, data.x_test[:4])
 
 
 def test_a_tight_atol_fails_even_when_the_cosine_passes(digits_static_export, digits):
     qmodel, result = digits_static_export
     _, data = digits
-    with pytest.raises(ExportError, match=r"\(atol 1e-12\), mean cosine 0\.99"):
+    with pytest.raises(ExportError, match=r"\(atol 1e-12\), relative error .*mean cosine 0\.99"):
         validate_onnx(result.path, qmodel, data.x_test[:64], atol=1e-12)
 
 
@@ -121,3 +122,102 @@ def test_compare_outputs_on_known_arrays():
     # rows: same direction (1), orthogonal (0), both zero (1)
     assert m["mean_cosine"] == pytest.approx(2.0 / 3) and m["min_cosine"] == 0.0
     assert m["cosine"] == pytest.approx(2.0 / (np.sqrt(5.0) * np.sqrt(5.0)))
+
+# ---------------------------------------------------------------------------- magnitude, branches
+
+
+class _Scaled(torch.nn.Module):
+    """``model``'s output times ``factor``: the same direction, another size."""
+
+    def __init__(self, model, factor):
+        super().__init__()
+        self.model, self.factor = model, factor
+
+    def forward(self, x):
+        return self.model(x) * self.factor
+
+
+def test_outputs_100x_too_large_fail_although_the_cosine_is_perfect(digits_static_export,
+                                                                      digits):
+    """Cosine alone passed these (it ignores size): the relative error must catch them."""
+    qmodel, result = digits_static_export
+    x = digits[1].x_test[:8]
+    with pytest.raises(ExportError, match=r"relative error 0\.99\d* \(max_rel_error 0\.04\d+, "
+                                          r"sqrt\(2 \* \(1 - min_cosine\)\).*norm ratio 0\.01"):
+        validate_onnx(result.path, _Scaled(qmodel, 100.0), x)
+    report = validate_onnx(result.path, qmodel, x)
+    assert report["max_rel_error"] <= report["max_rel_error_allowed"] < 0.05
+    assert report["rel_error_bound_source"].startswith("sqrt(2 * (1 - min_cosine))")
+    assert report["outputs"]["output"]["norm_ratio"] == pytest.approx(1.0, abs=0.05)
+    with pytest.raises(ExportError, match=r"max_rel_error 1e-09, given"):
+        validate_onnx(result.path, qmodel, x, max_rel_error=1e-9)
+
+
+def test_the_rel_error_bound_follows_the_narrowest_grid():
+    from lowbit.export.validate import narrowest_bits, rel_error_bound
+    from export_helpers import W4_G16, TinyMLP, token_batches
+
+    torch.manual_seed(0)
+    fq, _ = __import__("lowbit").quantize_model(TinyMLP().eval(), W4_G16, token_batches(1),
+                                                convert=False)
+    assert narrowest_bits(fq) == 4 and narrowest_bits(torch.nn.Linear(2, 2)) is None
+    bound, source = rel_error_bound(fq, 0.999)
+    assert bound == 0.25 and "4 bits" in source
+    assert rel_error_bound(torch.nn.Linear(2, 2), 0.98)[0] == pytest.approx(0.2)
+
+
+class _Branchy(torch.nn.Module):
+    """Data-dependent Python control flow: the exporter can only freeze one branch."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = self.fc(x)
+        if x.sum() > 0:
+            return y
+        return -y
+
+
+def test_a_branch_frozen_at_export_warns_and_fails_validation_on_other_inputs(tmp_path):
+    """Validation on the export example alone passed a file holding one branch only."""
+    from lowbit.export import export_onnx
+
+    model = _Branchy().eval()
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(1))
+    x = x if float(x.sum()) > 0 else -x
+    with pytest.warns(UserWarning, match="traced through Python control flow"):
+        result = export_onnx(model, x, tmp_path / "branchy.onnx")
+    assert "Python bool" in result.metadata["lowbit.traced_control_flow"]
+    with pytest.warns(UserWarning, match="traced through Python control flow"), \
+            pytest.raises(ExportError, match=r"on the probe inputs.*a branch was frozen"):
+        validate_onnx(result.path, model, x)
+
+
+def test_probe_inputs_change_float_values_and_keep_token_ids():
+    from lowbit.export.validate import probe_inputs
+
+    x = torch.tensor([[1.0, -2.0], [3.0, 4.0]])
+    assert torch.equal(probe_inputs(x), -x)
+    assert torch.equal(probe_inputs((torch.tensor([[1.0, 2.0]]),))[0], torch.tensor([[2.0, 1.0]]))
+    assert probe_inputs(torch.tensor([[1, 2]])) is None
+    ids = torch.tensor([[1, 2]])
+    out = probe_inputs({"input_ids": ids, "x": x})
+    assert out["input_ids"] is ids and torch.equal(out["x"], -x)
+
+
+def test_a_file_that_is_not_onnx_and_inputs_of_the_wrong_shape_are_clear_errors(
+        digits_static_export, digits, tmp_path):
+    qmodel, result = digits_static_export
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"this is not a protobuf")
+    with pytest.raises(ExportError, match=r"junk.onnx: ONNX Runtime cannot load this file .*"
+                                          r"Fix: pass a file written by export_onnx"):
+        validate_onnx(junk, qmodel, digits[1].x_test[:2])
+    with pytest.raises(InputError, match=r"ONNX Runtime cannot run the inputs .*\(3, 5\).*"
+                                         r"Fix: pass inputs of the shapes"):
+        validate_onnx(result.path, qmodel, torch.randn(3, 5))
+    with pytest.raises(ConfigError, match=r"path='int' is invalid"):
+        validate_onnx(3, qmodel, digits[1].x_test[:2])

@@ -422,3 +422,48 @@ def test_qparams_of_another_shape_are_rejected(fn):
     with pytest.raises(InputError, match=r"qparams with scale of shape \(6, 1\) with block_size "
                                          r"\(1, 4\) do not fit a tensor of shape \(4, 6\)"):
         fn(x, qp)
+
+# ---------------------------------------------------------------------------- boundary checks
+
+
+def test_an_affine_range_near_float32_max_gets_a_finite_scale_and_finite_values():
+    """(hi - lo) overflowed float32 here and gave scale=inf, then NaN after dequantize."""
+    x = torch.tensor([-2e38, 2e38])
+    qp = choose_qparams(x, int8, Scheme.AFFINE)
+    assert bool(torch.isfinite(qp.scale).all())
+    back = dequantize(quantize(x, qp), qp)
+    assert bool(torch.isfinite(back).all())
+    assert torch.allclose(back, x, rtol=float(qp.scale) / 2e38 * 2)
+
+
+@pytest.mark.parametrize("scheme", [Scheme.AFFINE, Scheme.SYMMETRIC])
+def test_a_range_whose_grid_overflows_float32_is_an_error_not_nan(scheme):
+    x = torch.tensor([-3.4e38, 3.4e38])
+    with pytest.raises(InputError, match=r"range \[-3\.4e\+38, 3\.4e\+38\] is too wide .*"
+                                         r"overflow float32.*Fix: clip or rescale"):
+        choose_qparams(x, int8, scheme)
+
+
+@pytest.mark.parametrize("bad", [-1.0, 0.0, float("nan"), float("inf")])
+def test_dequantize_and_quantize_refuse_scales_that_are_not_finite_and_positive(bad):
+    qp = QParams(torch.tensor([bad]), torch.zeros(1, dtype=torch.int32), int8, (4,))
+    with pytest.raises(InputError, match=r"QParams.scale holds 1 value\(s\) that are not finite "
+                                         r"and > 0 .*Fix: choose qparams from the data"):
+        dequantize(torch.zeros(4, dtype=torch.int8), qp)
+    with pytest.raises(InputError, match="not finite and > 0"):
+        quantize(torch.zeros(4), qp)
+
+
+def test_empty_meta_and_non_tensor_inputs_are_named():
+    with pytest.raises(InputError, match=r"input to choose_qparams is empty \(shape \(0,\)\).*Fix"):
+        choose_qparams(torch.tensor([]), int8)
+    with pytest.raises(InputError, match=r"input to choose_qparams is on the 'meta' device"):
+        choose_qparams(torch.zeros(3, device="meta"), int8)
+    with pytest.raises(InputError, match=r"input to choose_qparams must be a torch.Tensor, "
+                                         r"got list"):
+        choose_qparams([1.0, 2.0], int8)
+    qp = choose_qparams(torch.ones(4), int8)
+    with pytest.raises(InputError, match="codes to dequantize must be a torch.Tensor, got int"):
+        dequantize(3, qp)
+    with pytest.raises(InputError, match="qparams must be a lowbit QParams, got dict"):
+        quantize(torch.ones(4), {"scale": 1.0})

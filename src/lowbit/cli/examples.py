@@ -94,11 +94,9 @@ def hf_directory(path: str, n_sentences: int = 64) -> Example:
     try:
         model, tokenizer = load_minilm(path)  # any local encoder directory, mean pooled
     except ConfigError as exc:
-        raise ConfigError("--model", f"hf:{path}", "hf:PATH with PATH a local Hugging Face "
-                          "model folder containing config.json",
-                          fix="pass a folder holding config.json, the weights and the "
-                              "tokenizer files, or use --model minilm for the bundled "
-                              f"all-MiniLM-L6-v2 ({exc.value!r} has no config.json)") from None
+        raise ConfigError("--model", f"hf:{path}", f"hf:PATH with PATH {exc.allowed}",
+                          fix=f"{exc.fix}; or use --model minilm for the bundled "
+                              "all-MiniLM-L6-v2") from None
     batches = tokenize_batches(tokenizer, pydoc_sentences(n_sentences), batch_size=16)
     return Example(f"hf:{path}", model, batches[:2], _cosine_scorer(model, batches),
                    "cosine_to_float", "w8a8", "local Hugging Face encoder, mean pooled")
@@ -119,7 +117,17 @@ def from_function(ref: str) -> Example:
     if not isinstance(model, nn.Module) or calib is None:
         raise ConfigError("--model", ref, "a function returning (model, calib_data[, eval_fn])",
                           fix="return the float model together with a list of input batches")
-    calib = list(calib)
+    try:
+        calib = list(calib)
+    except TypeError:
+        raise ConfigError("--model", ref, "a function returning (model, calib_data[, eval_fn]) "
+                          "with calib_data a list of batches",
+                          fix=f"{ref} returned calib_data of type {type(calib).__name__}; "
+                              "return a list of input batches") from None
+    if not calib:
+        raise ConfigError("--model", ref, "a function returning at least one calibration batch",
+                          fix=f"{ref} returned an empty calib_data; return a few "
+                              "representative input batches") from None
     metric = "score"
     if score is None:
         score, metric = _cosine_scorer(copy.deepcopy(model), calib), "cosine_to_float"

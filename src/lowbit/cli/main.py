@@ -9,8 +9,11 @@ and is listed in :data:`COMMAND_MODULES` (the subcommand takes the module's name
 not a module of its own can call :func:`register` instead. Subcommand modules keep heavy imports
 (transformers, onnx, ...) inside ``run`` so that ``lowbit --help`` stays fast.
 
-Errors lowbit raises on purpose (:class:`lowbit.errors.LowbitError`) are printed as one line,
-``lowbit: error: <message>``, with exit status 2; anything else is a bug and keeps its traceback.
+Errors lowbit raises on purpose (:class:`lowbit.errors.LowbitError`) and operating-system
+errors (:class:`OSError`: a missing, unreadable or unwritable path, a full disk) are printed as
+one line, ``lowbit: error: <message>``, with exit status 2.  Anything else is a bug: one line
+naming it and pointing to ``--debug``, exit status 1; ``lowbit --debug ...`` shows the
+traceback.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ COMMANDS: dict[str, tuple[AddArguments, Run]] = {}
 
 PROG = "lowbit"
 USAGE_ERROR = 2
+INTERNAL_ERROR = 1
 
 
 def register(name: str, add_arguments: AddArguments, run: Run) -> None:
@@ -63,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Quantize PyTorch models to low-bit integers.",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an unexpected error")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in sorted(COMMANDS):
         add_arguments, run = COMMANDS[name]
@@ -99,11 +105,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         from lowbit.errors import LowbitError  # lazily: keeps `lowbit --version` light
 
-        if not isinstance(exc, LowbitError):
+        if isinstance(exc, LowbitError):
+            print(f"{PROG}: error: {_one_line(str(exc)) or type(exc).__name__}", file=sys.stderr)
+            return USAGE_ERROR
+        if isinstance(exc, OSError):
+            print(f"{PROG}: error: {_os_error(exc)}", file=sys.stderr)
+            return USAGE_ERROR
+        if getattr(args, "debug", False):
             raise
-        print(f"{PROG}: error: {_one_line(str(exc)) or type(exc).__name__}", file=sys.stderr)
-        return USAGE_ERROR
+        print(f"{PROG}: internal error: {type(exc).__name__}: {_one_line(str(exc))[:300]} "
+              f"(a bug in lowbit or in the model; rerun with `{PROG} --debug ...` for the "
+              "traceback and report it)", file=sys.stderr)
+        return INTERNAL_ERROR
     return 0 if status is None else int(status)
+
+
+def _os_error(exc: OSError) -> str:
+    """``<path>: <reason>. Fix: ...`` for an OSError."""
+    where = exc.filename if exc.filename is not None else ""
+    reason = exc.strerror or _one_line(str(exc)) or type(exc).__name__
+    fixes = {"ENAMETOOLONG": "use a shorter path",
+             "ENOSPC": "free some disk space or write elsewhere",
+             "EACCES": "choose a path you may read and write, or fix its permissions",
+             "EROFS": "choose a writable location", "ENOENT": "check that the path exists",
+             "EEXIST": "a file is in the way: remove it or choose another path",
+             "ENOTDIR": "a file is in the way of a folder: choose another path",
+             "EISDIR": "pass a file path, not a folder"}
+    import errno
+
+    fix = fixes.get(errno.errorcode.get(exc.errno or 0, ""), "check the path and try again")
+    return f"{where}{': ' if where else ''}{reason}. Fix: {fix}"
 
 
 if __name__ == "__main__":

@@ -59,8 +59,9 @@ def run(args: argparse.Namespace) -> int:
     ckpt.save(out.fake_quant, out_dir / "calibrated")
     ckpt.save(out.model, out_dir / "quantized")
     write_json(out_dir / "records.json", [r.to_dict() for r in out.records])
+    n_quantized = sum(r.action == "quantized" for r in out.records)
     summary = {"model": args.model, "recipe": out.recipe, "fq_impl": fq_impl_of(args),
-               "calib_batches": out.calib_batches,
+               "calib_batches": out.calib_batches, "quantized_layers": n_quantized,
                "metric": example.metric, "float": float_score, "quantized": out.score,
                "change_vs_float": out.score - float_score, **out.size}
     write_json(out_dir / "summary.json", summary)
@@ -68,5 +69,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"\n{example.metric}: float {float_score:.4f} -> quantized {out.score:.4f} "
           f"({out.score - float_score:+.4f}); {out.size['float_bytes']} -> "
           f"{out.size['quantized_bytes']} bytes ({out.size['compression_ratio']:.2f}x)")
+    if not n_quantized:
+        print(f"nothing was quantized: recipe {out.recipe!r} selected no layer of "
+              f"{args.model} ({len(out.records)} layer(s) considered); the checkpoints hold the "
+              "float model")
     print(f"wrote {out_dir}/calibrated, {out_dir}/quantized, records.json, summary.json")
     return 0

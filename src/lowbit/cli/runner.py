@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,18 @@ def _without_calibration(example: Example, recipe: Any, fq_impl: str):
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as indented JSON to ``path``, creating its folder."""
+    """Write ``data`` as indented, valid JSON to ``path``, creating its folder: NaN and
+    infinities (which JSON cannot hold) are written as ``null``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    text = json.dumps(_finite(data), indent=2, default=str, allow_nan=False)
+    path.write_text(text + "\n")
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data

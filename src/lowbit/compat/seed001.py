@@ -64,9 +64,14 @@ def quantize_weight_per_channel(weight: torch.Tensor, bits: int = 8,
 
 def _qparams_for_scale(q: torch.Tensor, scale: Any, zero_point: Any, axis: int) -> QParams:
     """QParams for a per-tensor scale (one value) or per-channel scales ``(q.shape[axis],)``."""
-    scale = torch.as_tensor(scale, dtype=torch.float32, device=q.device).detach()
-    zero = (torch.zeros_like(scale, dtype=torch.int32) if zero_point is None
-            else torch.as_tensor(zero_point, device=q.device).detach())
+    try:
+        scale = torch.as_tensor(scale, dtype=torch.float32, device=q.device).detach()
+        zero = (torch.zeros_like(scale, dtype=torch.int32) if zero_point is None
+                else torch.as_tensor(zero_point, device=q.device).detach())
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"scale={scale!r:.80} / zero_point={zero_point!r:.80} cannot be read as "
+                         f"numbers ({exc}); pass the scale returned by the quantize function "
+                         "(a float, a tensor, or a QParams)") from None
     if zero.is_floating_point() and not torch.equal(zero, zero.round()):
         raise InputError("zero_point holds non-integer values; zero points are integer codes "
                          "— pass the zero point returned by quantization")

@@ -18,6 +18,7 @@ import io
 import json
 import logging
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -180,12 +181,19 @@ def _export_torchscript(wrapper, tensors, names, out_names, axes, opset):
     if any(0 in a for a in axes.values()):
         all_axes.update({n: {0: "batch"} for n in out_names})
     buffer = io.BytesIO()
-    with exporting("torchscript", opset):
+    with exporting("torchscript", opset), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", torch.jit.TracerWarning)
         torch.onnx.export(wrapper, tuple(tensors), buffer, dynamo=False, verbose=False,
                           opset_version=opset, input_names=names, output_names=out_names,
                           dynamic_axes=all_axes or None, do_constant_folding=True,
                           custom_opsets={MARKER_DOMAIN: 1})
-    return onnx.load_from_string(buffer.getvalue())
+    traced = [str(w.message).splitlines()[0] for w in caught
+              if issubclass(w.category, torch.jit.TracerWarning)
+              and "Python boolean" in str(w.message)]
+    for w in caught:  # pass on the warnings lowbit does not handle itself
+        if not issubclass(w.category, torch.jit.TracerWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return onnx.load_from_string(buffer.getvalue()), traced
 
 
 def _first_line(exc: BaseException) -> str:
@@ -193,14 +201,35 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
 
 
+def _check_target(path: Path) -> None:
+    """ConfigError unless ``path`` can become a file (checked before the slow export)."""
+    if path.is_dir():
+        raise ConfigError("path", str(path), "a file path such as 'model.onnx', not a directory",
+                          fix=f"pass e.g. {str(path / 'model.onnx')!r}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError("path", str(path), "a path whose folders are folders",
+                                  fix=f"{str(parent)!r} is a file: choose another location")
+            break
+
+
 def _save(proto, path: Path) -> None:
-    """Write atomically (a temporary file, then rename); external data beyond 2 GB."""
+    """Write atomically (a temporary file, then rename); external data beyond 2 GB.  An
+    ``OSError`` becomes an :class:`ExportError` and leaves no temporary file behind."""
     onnx = onnx_graph.require_onnx()
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     large = proto.ByteSize() > 2**31 - 2**20
-    onnx.save_model(proto, str(tmp), save_as_external_data=large,
-                    location=path.name + ".data" if large else None)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save_model(proto, str(tmp), save_as_external_data=large,
+                        location=path.name + ".data" if large else None)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ExportError(f"{path}: cannot write the ONNX file ({exc.strerror or exc}). Fix: "
+                          "export to a writable folder with free space") from None
+    finally:
+        tmp.unlink(missing_ok=True)
     onnx.checker.check_model(str(path))
 
 
@@ -230,13 +259,14 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
     if not isinstance(path, (str, os.PathLike)) or not str(path):
         raise ConfigError("path", path, "a file path such as 'model.onnx'")
     path = Path(path)
+    _check_target(path)
     by_keyword, names, tensors = split_inputs(model, example_inputs)
     axes = dynamic_axes_for(names, tensors, dynamic_batch, dynamic_axes)
     check_dynamic_sizes(names, tensors, axes)
     onnx_graph.require_onnx()
 
     wrapper, records, out_names = _prepare(model, opset, by_keyword, names, tensors)
-    exporter, reason = "dynamo", None
+    exporter, reason, traced = "dynamo", None, []
     try:
         proto = _export_dynamo(wrapper, tensors, names, out_names, axes, opset)
     except LowbitError:
@@ -253,7 +283,7 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
             opset = ts_opset
             wrapper, records, out_names = _prepare(model, opset, by_keyword, names, tensors)
         try:
-            proto = _export_torchscript(wrapper, tensors, names, out_names, axes, opset)
+            proto, traced = _export_torchscript(wrapper, tensors, names, out_names, axes, opset)
         except Exception as exc2:  # noqa: BLE001
             raise ExportError(f"the model cannot be exported to ONNX: the dynamo exporter "
                               f"failed ({failure}) and the TorchScript exporter failed "
@@ -263,9 +293,16 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
     onnx_graph.fold_initializer_casts(proto)
     onnx_graph.strip_prefix(proto, "model.")
     metadata = _metadata(model, exporter, reason, opset, records, names, out_names)
+    if traced:
+        metadata["lowbit.traced_control_flow"] = f"{len(traced)} tensor(s) converted to a " \
+            f"Python bool while tracing, e.g. {traced[0][:200]}"
+        warnings.warn(f"exporting {type(model).__name__}: the TorchScript exporter traced "
+                      "through Python control flow on tensor values; the ONNX file keeps only "
+                      "the branch the example inputs took (recorded in the file's metadata "
+                      "'lowbit.traced_control_flow'). Validate with other inputs, or make the "
+                      "branch a tensor op (torch.where)", UserWarning, stacklevel=2)
     onnx_graph.set_metadata(proto, metadata)
     proto.doc_string = f"exported by lowbit {__version__}"
-    path.parent.mkdir(parents=True, exist_ok=True)
     _save(proto, path)
     result = ExportResult(path, opset, exporter, reason, records, names, list(out_names), axes,
                           onnx_graph.node_counts(proto), metadata)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,12 @@ def ort_session(path: str | os.PathLike, *, threads: int | None = None,
     if threads is not None:
         options.intra_op_num_threads = threads
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own exception types
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ExportError(f"{path}: ONNX Runtime cannot load this file ({first}). Fix: pass a "
+                          "file written by export_onnx (an ONNX model)") from None
 
 
 def ort_feeds(session, inputs: Any) -> dict[str, np.ndarray]:
@@ -103,14 +109,19 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def compare_outputs(expected: np.ndarray, actual: np.ndarray) -> dict:
-    """Max/mean abs error, overall cosine, and per-sample (row of axis 0) cosines."""
+    """Max/mean abs error, relative L2 error ``|a - e| / |e|``, norm ratio ``|a| / |e|``,
+    overall cosine, and per-sample (row of axis 0) cosines."""
     e = expected.astype(np.float64)
     a = actual.astype(np.float64)
     diff = np.abs(e - a)
     rows = e.reshape(e.shape[0], -1) if e.ndim >= 2 and e.shape[0] else e.reshape(1, -1)
     rows_a = a.reshape(rows.shape)
     sample = [_cosine(x, y) for x, y in zip(rows, rows_a)]
-    return {"shape": list(e.shape), "max_abs_error": float(diff.max()) if diff.size else 0.0,
+    norm_e, norm_a = float(np.linalg.norm(e)), float(np.linalg.norm(a))
+    norm_d = float(np.linalg.norm(e - a))
+    rel = norm_d / norm_e if norm_e else (0.0 if norm_d == 0.0 else math.inf)
+    ratio = norm_a / norm_e if norm_e else (1.0 if norm_a == 0.0 else math.inf)
+    return {"shape": list(e.shape), "rel_error": rel, "norm_ratio": ratio, "max_abs_error": float(diff.max()) if diff.size else 0.0,
             "mean_abs_error": float(diff.mean()) if diff.size else 0.0,
             "cosine": _cosine(e.ravel(), a.ravel()),
             "mean_cosine": float(np.mean(sample)) if sample else 1.0,
@@ -132,19 +143,30 @@ def _run_torch(model: nn.Module, inputs: Any) -> list[np.ndarray]:
 
 def validate_onnx(path: str | os.PathLike, model: nn.Module, inputs: Any, *,
                   atol: float | None = None, min_cosine: float = 0.999,
-                  threads: int | None = None, kernels: str = "exact") -> dict:
+                  max_rel_error: float | None = None, threads: int | None = None,
+                  kernels: str = "exact") -> dict:
     """Run ``path`` in ONNX Runtime (CPU) and compare it with ``model`` on ``inputs``.
 
     inputs: one batch as the model takes it (tensor, tuple, or dict of keyword tensors); its
     batch size may differ from the export example's when the batch axis is dynamic.
-    Passes when, for every output, the mean per-sample cosine is at least ``min_cosine`` and
-    (when given) the max abs error is at most ``atol``; otherwise raises :class:`ExportError`
-    naming the output, the numbers and the tolerance. kernels and threads: how ONNX Runtime
+    Passes when, for every output, the mean per-sample cosine is at least ``min_cosine``, the
+    relative L2 error ``|onnx - torch| / |torch|`` is at most ``max_rel_error`` (so outputs of
+    the right direction but the wrong size fail), and (when given) the max abs error is at
+    most ``atol``; otherwise raises :class:`ExportError` naming the output, the numbers and
+    the tolerance.  ``max_rel_error=None`` derives the bound (:func:`rel_error_bound`, stated
+    in the result with how it was derived).  The file is run on ``inputs`` and on a second
+    batch derived from them (:func:`probe_inputs`: other values, so that a branch frozen at
+    export shows); a file whose export traced through Python control flow also warns. kernels and threads: how ONNX Runtime
     runs (see :func:`ort_session`; ``default`` checks ONNX Runtime's fastest kernels on this
     CPU, which may be lossy). The model runs in eval mode without
-    grad (its mode is restored). Returns ``{"outputs": {name: metrics}, "max_abs_error",
-    "mean_cosine", "min_cosine", "atol", "min_cosine_required", "passed", "path"}``.
+    grad (its mode is restored). Returns ``{"outputs": {name: metrics}, "probe_outputs",
+    "max_abs_error", "max_rel_error", "mean_cosine", "min_cosine", "atol",
+    "min_cosine_required", "max_rel_error_allowed", "rel_error_bound_source", "warnings",
+    "passed", "path"}``.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ConfigError("path", type(path).__name__, "a path to an .onnx file",
+                          fix="pass the path that export_onnx wrote")
     path = Path(path)
     if not path.is_file():
         raise ConfigError("path", str(path), "an existing .onnx file",
@@ -159,9 +181,55 @@ def validate_onnx(path: str | os.PathLike, model: nn.Module, inputs: Any, *,
             or not -1.0 <= min_cosine <= 1.0:
         raise ConfigError("min_cosine", min_cosine, "a number in [-1, 1]",
                           fix="e.g. min_cosine=0.999")
+    if max_rel_error is not None and (isinstance(max_rel_error, bool)
+                                      or not isinstance(max_rel_error, (int, float))
+                                      or not max_rel_error >= 0):
+        raise ConfigError("max_rel_error", max_rel_error, "None or a number >= 0",
+                          fix="e.g. max_rel_error=0.05, or None to derive it from the model")
     session = ort_session(path, threads=threads, kernels=kernels)
+    if max_rel_error is None:
+        max_rel_error, source = rel_error_bound(model, min_cosine)
+    else:
+        source = "given"
+    warned = _control_flow_warning(path, session)
+    outputs = _compare(path, session, model, inputs)
+    probe = probe_inputs(inputs)
+    probe_outputs = _compare(path, session, model, probe) if probe is not None else {}
+    every = list(outputs.values()) + list(probe_outputs.values())
+    report = {"path": str(path), "outputs": outputs, "probe_outputs": probe_outputs,
+              "max_abs_error": max(m["max_abs_error"] for m in every),
+              "max_rel_error": max(m["rel_error"] for m in every),
+              "mean_cosine": min(m["mean_cosine"] for m in every),
+              "min_cosine": min(m["min_cosine"] for m in every),
+              "atol": atol, "min_cosine_required": float(min_cosine),
+              "max_rel_error_allowed": float(max_rel_error), "rel_error_bound_source": source,
+              "warnings": warned, "passed": True}
+    for batch, results in (("the given inputs", outputs), ("the probe inputs", probe_outputs)):
+        for name, m in results.items():
+            too_far = atol is not None and not m["max_abs_error"] <= atol
+            if too_far or not m["mean_cosine"] >= min_cosine \
+                    or not m["rel_error"] <= max_rel_error or math.isnan(m["max_abs_error"]):
+                raise ExportError(
+                    f"{path}: ONNX Runtime output {name!r} does not match the PyTorch model on "
+                    f"{batch}: max abs error {m['max_abs_error']:.6g} (atol {atol}), relative "
+                    f"error {m['rel_error']:.4g} (max_rel_error {max_rel_error:.4g}, {source}), "
+                    f"norm ratio {m['norm_ratio']:.4g}, mean cosine {m['mean_cosine']:.6f} "
+                    f"(min_cosine {min_cosine}).{_hint(warned)} Fix: export the model you "
+                    "validate against, check the export's fallbacks, or loosen the tolerance")
+    return report
+
+
+def _compare(path: Path, session, model: nn.Module, inputs: Any) -> dict:
     feeds = ort_feeds(session, inputs)
-    actual = session.run(None, feeds)
+    try:
+        actual = session.run(None, feeds)
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own exception types
+        shapes = {k: tuple(v.shape) for k, v in feeds.items()}
+        expected_shapes = {i.name: i.shape for i in session.get_inputs()}
+        raise InputError(f"{path}: ONNX Runtime cannot run the inputs {shapes} (the file takes "
+                         f"{expected_shapes}): {str(exc).strip().splitlines()[0][:300]}. Fix: "
+                         "pass inputs of the shapes and dtypes the model was exported "
+                         "with") from None
     expected = _run_torch(model, inputs)
     names = [o.name for o in session.get_outputs()]
     if len(expected) != len(actual):
@@ -174,18 +242,76 @@ def validate_onnx(path: str | os.PathLike, model: nn.Module, inputs: Any, *,
                               f"Runtime but {tuple(e.shape)} in PyTorch; check the dynamic "
                               "axes used at export")
         outputs[name] = compare_outputs(e, a)
-    worst_abs = max(m["max_abs_error"] for m in outputs.values())
-    worst_cos = min(m["mean_cosine"] for m in outputs.values())
-    report = {"path": str(path), "outputs": outputs, "max_abs_error": worst_abs,
-              "mean_cosine": worst_cos,
-              "min_cosine": min(m["min_cosine"] for m in outputs.values()),
-              "atol": atol, "min_cosine_required": float(min_cosine), "passed": True}
-    for name, m in outputs.items():
-        too_far = atol is not None and not m["max_abs_error"] <= atol
-        if too_far or not m["mean_cosine"] >= min_cosine or math.isnan(m["max_abs_error"]):
-            raise ExportError(
-                f"{path}: ONNX Runtime output {name!r} does not match the PyTorch model: max "
-                f"abs error {m['max_abs_error']:.6g} (atol {atol}), mean cosine "
-                f"{m['mean_cosine']:.6f} (min_cosine {min_cosine}). Fix: export the model "
-                "you validate against, check the export's fallbacks, or loosen the tolerance")
-    return report
+    return outputs
+
+
+def rel_error_bound(model: nn.Module, min_cosine: float) -> tuple[float, str]:
+    """The default ``max_rel_error`` and how it was derived.
+
+    Two outputs of equal size with cosine ``c`` differ by ``sqrt(2 (1 - c))`` relative, so
+    ``min_cosine`` alone allows that much; a model whose narrowest grid has ``b`` bits may
+    differ by a few of its steps, ``2 ** (2 - b)`` relative (1/64 for 8 bits, 1/4 for 4 bits).
+    The bound is the larger of the two: an output 2x too large or small always fails.
+    """
+    from_cosine = math.sqrt(max(0.0, 2.0 * (1.0 - float(min_cosine))))
+    bits = narrowest_bits(model)
+    from_grid = 2.0 ** (2 - bits) if bits else 0.0
+    if from_grid > from_cosine:
+        return from_grid, f"2**(2 - {bits}): the model's narrowest grid has {bits} bits"
+    return from_cosine, f"sqrt(2 * (1 - min_cosine)) for min_cosine {min_cosine}"
+
+
+def narrowest_bits(model: nn.Module) -> int | None:
+    """The fewest bits of any weight or activation grid in ``model`` (None: no lowbit layer)."""
+    bits = []
+    for module in model.modules():
+        for attr in ("weight_spec", "act_spec"):
+            spec = getattr(module, attr, None)
+            if spec is not None and hasattr(spec, "qtype"):
+                bits.append(spec.qtype.bits)
+        spec = getattr(module, "spec", None)
+        if spec is not None and hasattr(spec, "qtype") and hasattr(module, "observer"):
+            bits.append(spec.qtype.bits)
+    return min(bits) if bits else None
+
+
+def probe_inputs(inputs: Any) -> Any:
+    """A second batch from ``inputs`` with other values: floating tensors holding both signs
+    negated, non-negative ones reversed along their last axis; integer tensors (token ids,
+    masks) kept.  None when nothing could change."""
+    args, kwargs = split_batch(inputs)
+
+    def other(t: Any) -> Any:
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.numel() < 2:
+            return t
+        if bool((t < 0).any()) and bool((t > 0).any()):
+            return -t
+        return t.flip(-1)
+
+    new_args = [other(a) for a in args]
+    new_kwargs = {k: other(v) for k, v in kwargs.items()}
+    changed = any(n is not o for n, o in zip(new_args, args)) or any(
+        new_kwargs[k] is not v for k, v in kwargs.items())
+    if not changed:
+        return None
+    if kwargs:
+        return new_kwargs
+    return tuple(new_args) if isinstance(inputs, (tuple, list)) else new_args[0]
+
+
+def _control_flow_warning(path: Path, session) -> list[str]:
+    """The export's note that tracing went through Python control flow, warned once."""
+    meta = session.get_modelmeta().custom_metadata_map
+    note = meta.get("lowbit.traced_control_flow", "")
+    if not note:
+        return []
+    message = (f"{path}: the export traced through Python control flow ({note}); the file "
+               "holds only the branch the export example took, so validate on inputs that "
+               "take the others")
+    warnings.warn(message, UserWarning, stacklevel=3)
+    return [message]
+
+
+def _hint(warned: list[str]) -> str:
+    return " The export traced through Python control flow: a branch was frozen." if warned \
+        else ""

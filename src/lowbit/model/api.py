@@ -10,7 +10,8 @@ from torch import nn
 from ..config import resolve_fq_impl
 from ..errors import ConfigError
 from ..records import LayerRecord
-from .batches import check_calib_data, check_max_batches, is_forward_loop, peek, run_batches
+from .batches import (check_calib_data, check_max_batches, check_model_materialized,
+                      is_forward_loop, peek, run_batches)
 from .convert import convert as convert_model
 from .prepare import calibrate, lowbit_state, prepare
 
@@ -37,6 +38,8 @@ def quantize_model(model: nn.Module, recipe: Any, calib_data: Any, *,
     """
     fq_impl = resolve_fq_impl(fq_impl, backend)
     check_max_batches(max_batches)
+    if isinstance(model, nn.Module):
+        check_model_materialized(model)
     check_calib_data(calib_data)
     first, calib_data = peek(calib_data)
     if first is None and not is_forward_loop(calib_data):

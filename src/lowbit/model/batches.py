@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError, LowbitError
 
 
 def split_batch(batch: Any) -> tuple[tuple, dict]:
@@ -24,6 +24,39 @@ def split_batch(batch: Any) -> tuple[tuple, dict]:
     if isinstance(batch, (tuple, list)):
         return tuple(batch), {}
     return (batch,), {}
+
+
+def describe_batch(batch: Any) -> str:
+    """Shapes, dtypes and devices of a batch's tensors, for error messages."""
+    args, kwargs = split_batch(batch)
+
+    def one(t: Any) -> str:
+        if isinstance(t, torch.Tensor):
+            return f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')} on {t.device}"
+        return type(t).__name__
+
+    parts = [one(a) for a in args] + [f"{k}={one(v)}" for k, v in kwargs.items()]
+    return ", ".join(parts) or "empty"
+
+
+def check_batch(batch: Any, index: int) -> None:
+    """InputError for a batch holding tensors on the ``meta`` device (no data to observe)."""
+    args, kwargs = split_batch(batch)
+    for t in list(args) + list(kwargs.values()):
+        if isinstance(t, torch.Tensor) and t.device.type == "meta":
+            raise InputError(f"calibration batch {index} ({describe_batch(batch)}) is on the "
+                             "'meta' device, which holds no values to observe. Fix: pass real "
+                             "input tensors")
+
+
+def check_model_materialized(model: nn.Module, what: str = "model") -> None:
+    """InputError when ``model`` has parameters or buffers on the ``meta`` device."""
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.device.type == "meta":
+            raise InputError(f"{what} tensor {name!r} {tuple(t.shape)} is on the 'meta' device "
+                             "(no values): lowbit needs the trained weights. Fix: load the "
+                             "weights first (e.g. model.to_empty(device='cpu') then "
+                             "load_state_dict)")
 
 
 def call_batch(model: nn.Module, batch: Any) -> Any:
@@ -101,7 +134,17 @@ def run_batches(model: nn.Module, calib_data: Any, max_batches: int | None = Non
     for batch in calib_data:
         if max_batches is not None and count >= max_batches:
             break
-        call_batch(model, batch)
+        check_batch(batch, count)
+        try:
+            call_batch(model, batch)
+        except (RuntimeError, TypeError, IndexError) as exc:
+            if isinstance(exc, LowbitError):
+                raise
+            raise InputError(f"calibration batch {count} ({describe_batch(batch)}) fails in "
+                             f"the model: {type(exc).__name__}: "
+                             f"{(str(exc).strip().splitlines() or [''])[0][:300]}. Fix: pass "
+                             "batches the float model accepts (check shapes, dtypes and the "
+                             "batch convention: tuple -> positional, dict -> keyword)") from exc
         count += 1
         if progress is not None:
             progress(count)

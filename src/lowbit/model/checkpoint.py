@@ -22,35 +22,32 @@ path>/<key>``, the state tensors of every quantizer's observer, so that calibrat
 resume after loading (keep running forwards, then ``model.end_calibration()``).
 
 Saving is atomic: the weights go to a temporary file in the directory (fsync, ``os.replace``),
-then the manifest likewise; replacing the manifest is the commit point.  Only then are weight
-files the new manifest does not name deleted, so a crash at any point leaves the previous
-checkpoint loadable.
+then the manifest likewise; replacing the manifest is the commit point.  Only then are the
+files of earlier saves deleted (only files lowbit provably wrote), so a crash at any point
+leaves the previous checkpoint loadable.  Saves to one directory are serialized by a lock file
+and a load sees the old or the new checkpoint, whole (:mod:`lowbit.model.checkpoint_lock`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from .._version import __version__
 from ..config import LayerConfig
-from ..errors import CheckpointError, ConfigError, StateError
+from ..errors import CheckpointError, ConfigError, LowbitError, StateError
 from ..nn.quantized import QuantizedModule
 from ..nn.quantizer import TensorQuantizer
 from ..nn.tables import QAT_MODULES, QUANTIZED_MODULES
 from ..observers import make_observer
 from ..recipe import Recipe
 from ..records import LayerRecord
-from .checkpoint_files import (MANIFEST, fsync_dir, sha256_file, write_text_durable,
-                               read_checkpoint)
+from .checkpoint_files import MANIFEST, read_checkpoint, write_checkpoint
 from .migrations import FORMAT, FORMAT_VERSION
 from .prepare import STATE_ATTR, _set_submodule, attach, lowbit_state, quant_modules
 from .select import RoleMap
@@ -120,57 +117,37 @@ def _roles_dict(roles: RoleMap | None) -> dict | None:
             "never_executed": roles.never_executed, "info": roles.info}
 
 
+def _directory(path: Any) -> Path:
+    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise ConfigError("path", path, "a checkpoint directory path (str or os.PathLike)",
+                          fix="pass e.g. 'ckpt/'")
+    return Path(path)
+
+
 def save(model: nn.Module, path: str | os.PathLike) -> Path:
     """Save a prepared, calibrated or converted ``model`` into the directory ``path``.
 
     Writes ``weights-<sha256[:16]>.safetensors`` and ``manifest.json`` atomically (see the
-    module docstring) and removes weight files of earlier saves.  Returns the directory.
-    Raises :class:`StateError` for a model lowbit never prepared and
-    :class:`CheckpointError` when ``path`` is a file.
+    module docstring), under the directory's lock, and removes the files of earlier saves
+    (only files lowbit wrote).  Returns the directory.  Raises :class:`StateError` for a
+    model lowbit never prepared and :class:`CheckpointError` when ``path`` is a file or
+    cannot be written (read-only, disk full); the previous checkpoint then stays loadable.
     """
     if not isinstance(model, nn.Module):
         raise ConfigError("model", type(model).__name__, "a torch.nn.Module prepared by lowbit",
                           fix="pass the model returned by lowbit.prepare or quantize_model")
     state = lowbit_state(model)
-    directory = Path(path)
+    directory = _directory(path)
     if directory.exists() and not directory.is_dir():
         raise CheckpointError(f"{directory}: is a file, but a checkpoint is a directory. "
                               "Fix: pass a directory path (it is created if missing)")
     tensors, observers = _tensors(model)
-    directory.mkdir(parents=True, exist_ok=True)
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
                 "lowbit_version": __version__, "recipe": state.recipe.to_dict(),
                 "fq_impl": state.fq_impl, "stage": _stage(model), "layers": _layers(model),
                 "records": [r.to_dict() for r in state.records],
                 "roles": _roles_dict(state.roles), "observers": observers}
-    tag = uuid.uuid4().hex
-    tmp_weights = directory / f".weights-{tag}.tmp"
-    tmp_manifest = directory / f".manifest-{tag}.tmp"
-    try:
-        save_file(tensors, str(tmp_weights), metadata={"format": FORMAT})
-        with open(tmp_weights, "rb+") as f:
-            os.fsync(f.fileno())
-        sha = sha256_file(tmp_weights)
-        weights = f"weights-{sha[:16]}.safetensors"
-        manifest.update(weights_file=weights, weights_sha256=sha,
-                        weights_bytes=tmp_weights.stat().st_size)
-        try:
-            text = json.dumps(manifest, indent=2)
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{directory / MANIFEST}: the manifest cannot be written as "
-                                  f"JSON ({exc}). Fix: keep LayerRecord.metrics to numbers, "
-                                  "strings, lists and dicts") from None
-        os.replace(tmp_weights, directory / weights)
-        fsync_dir(directory)
-        write_text_durable(tmp_manifest, text + "\n")
-        os.replace(tmp_manifest, directory / MANIFEST)  # the commit point
-        fsync_dir(directory)
-    finally:
-        for tmp in (tmp_weights, tmp_manifest):
-            tmp.unlink(missing_ok=True)
-    for stale in directory.glob("weights-*.safetensors"):
-        if stale.name != weights:
-            stale.unlink(missing_ok=True)
+    write_checkpoint(directory, tensors, manifest)
     logger.info("saved %s (%s stage, %d layer(s)) to %s", type(model).__name__,
                 manifest["stage"], len(manifest["layers"]), directory)
     return directory
@@ -287,13 +264,26 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     or mismatched checkpoint; after a mismatch the model is half-built, so load into a
     fresh instance again.  :func:`read_checkpoint` gives the migrated manifest itself.
     """
+    try:
+        return _load(path, model)
+    except LowbitError:
+        raise
+    except (TypeError, KeyError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
+        # a manifest that passed the field checks but does not hang together
+        raise CheckpointError(f"{Path(path) / MANIFEST}: the manifest does not describe a "
+                              f"model lowbit can rebuild ({type(exc).__name__}: "
+                              f"{str(exc)[:200]}). Fix: restore the manifest or save the model "
+                              "again") from None
+
+
+def _load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise ConfigError("model", type(model).__name__, "a torch.nn.Module",
                           fix="pass a fresh float instance of the saved architecture")
     if getattr(model, STATE_ATTR, None) is not None:
         raise StateError("lowbit.load needs the FLOAT model, but this one was already prepared "
                          "by lowbit; pass a fresh instance of the architecture")
-    directory = Path(path)
+    directory = _directory(path)
     file = directory / MANIFEST
     manifest, tensors = read_checkpoint(directory)
     weights_file = directory / manifest["weights_file"]

@@ -13,6 +13,7 @@ import contextlib
 import copy
 import logging
 import types
+import warnings
 from typing import Any, Iterator
 
 import torch
@@ -152,12 +153,24 @@ def _roles(model: nn.Module, recipe: Recipe, example_inputs: Any) -> RoleMap | N
     return find_roles(model, args, kwargs)
 
 
+def _calibrate_in_eval_mode(model: nn.Module, stacklevel: int) -> None:
+    """Switch a train-mode model to eval mode, with a warning: calibration must not update
+    BatchNorm statistics or drop activations."""
+    if model.training:
+        warnings.warn(f"{type(model).__name__} is in train mode; lowbit calibrates in eval mode "
+                      "(BatchNorm statistics kept, dropout off) and leaves it in eval mode",
+                      UserWarning, stacklevel=stacklevel)
+        model.eval()
+
+
 def start_calibration(model: nn.Module) -> None:
-    """Turn every observer on; forwards now record ranges (outputs stay float)."""
+    """Turn every observer on; forwards now record ranges (outputs stay float).  A model in
+    train mode is switched to eval mode, with a warning (see :func:`calibrate`)."""
     state = lowbit_state(model)
     if state.converted:
         raise StateError("the model is already converted to integer storage; "
                          "calibrate the fake-quant model before lowbit.convert")
+    _calibrate_in_eval_mode(model, stacklevel=3)
     for _, module in quant_modules(model):
         module.start_observing()
 
@@ -188,8 +201,11 @@ def _calibration_metrics(summary: dict) -> dict:
 
 @contextlib.contextmanager
 def calibrate(model: nn.Module, max_batches: int | None = None):
-    """Context manager: observers on and no grad inside; ranges frozen on exit.
+    """Context manager: eval mode, observers on and no grad inside; ranges frozen on exit.
 
+    A model in train mode is switched to eval mode first (with a warning), so BatchNorm
+    statistics stay as trained and dropout is off while ranges are observed; the model stays
+    in eval mode afterwards (``model.train()`` before quantization-aware training).
     max_batches: observe only the first N forwards of the root model (later
     forwards inside the block run with observers off).
     """
@@ -197,6 +213,7 @@ def calibrate(model: nn.Module, max_batches: int | None = None):
                                     or max_batches < 1):
         raise ConfigError("max_batches", max_batches, "None or an integer >= 1",
                           fix="pass max_batches=None to observe every batch")
+    _calibrate_in_eval_mode(model, stacklevel=4)
     start_calibration(model)
     seen = [0]
     paused: list[tuple[TensorQuantizer, bool]] = []  # (quantizer, was observing)

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..nn.quantized import QuantizedModule
 from ..nn.quantizer import TensorQuantizer
 
@@ -42,15 +43,20 @@ def _float_bytes(module: QuantizedModule) -> int:
 def estimate_model_size(model: nn.Module) -> dict:
     """Bytes of ``model`` as float and as stored now.
 
-    Returns ``{"float_bytes", "quantized_bytes", "compression_ratio"}``. A real low-bit
+    Returns ``{"float_bytes", "quantized_bytes", "compression_ratio"}`` (the ratio is 1.0 for
+    a model without parameters). A real low-bit
     module counts its stored bytes (codes, scales, zero points, bias, input qparams)
     against the bytes its float weight and bias take in the weight's original dtype.
     A fake-quant model's quantizers (qparams held beside the float weights) count as
     stored bytes only, so ``float_bytes`` is the float model's at every stage and a
     fake-quant model's ratio is a little below 1 until ``convert``. Every other parameter
     and buffer counts the same on both sides. A module or tensor reachable under several
-    names (shared layers, tied weights) counts once.
+    names (shared layers, tied weights) counts once.  Anything but a module is a
+    :class:`ConfigError`.
     """
+    if not isinstance(model, nn.Module):
+        raise ConfigError("model", type(model).__name__, "a torch.nn.Module",
+                          fix="pass the float, fake-quant or converted model")
     float_bytes = quantized_bytes = 0
     seen_modules: set[int] = set()
     seen_tensors: set = set()
@@ -69,6 +75,7 @@ def estimate_model_size(model: nn.Module) -> dict:
             float_bytes += own
         quantized_bytes += own
         stack.extend(module.children())
-    ratio = float_bytes / quantized_bytes if quantized_bytes else float("nan")
+    # a model with no parameters at all stores nothing either way: ratio 1, never NaN
+    ratio = float_bytes / quantized_bytes if quantized_bytes else 1.0
     return {"float_bytes": int(float_bytes), "quantized_bytes": int(quantized_bytes),
             "compression_ratio": ratio}

@@ -19,6 +19,40 @@ from ..errors import InputError
 from ..types import Granularity, QParams, QType, Scheme
 
 EPS = torch.finfo(torch.float32).eps  # scale floor: all-zero/constant tensors stay finite
+F32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def check_tensor(x: object, what: str = "tensor", *, empty_ok: bool = True) -> None:
+    """The boundary check of every primitive's tensor argument: raise :class:`InputError`
+    unless ``x`` is a ``torch.Tensor`` holding data (not on the ``meta`` device), non-empty
+    when ``empty_ok`` is False, and finite."""
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"{what} must be a torch.Tensor, got {type(x).__name__}; pass a "
+                         "tensor (e.g. torch.as_tensor(value))")
+    if x.device.type == "meta":
+        raise InputError(f"{what} is on the 'meta' device (shape {tuple(x.shape)}, no data); "
+                         "quantization needs real values. Fix: materialize the tensor or load "
+                         "the model's weights (e.g. model.to_empty(device='cpu') then load)")
+    if not empty_ok and x.numel() == 0:
+        raise InputError(f"{what} is empty (shape {tuple(x.shape)}); quantization needs at "
+                         "least one value to choose a scale. Fix: pass a non-empty tensor")
+    check_finite(x, what)
+
+
+def check_qparams(qp: QParams) -> None:
+    """Raise :class:`InputError` unless every scale is finite and > 0 (zero points are int)."""
+    if not isinstance(qp, QParams):
+        raise InputError(f"qparams must be a lowbit QParams, got {type(qp).__name__}; pass "
+                         "the result of choose_qparams or qparams_from_range")
+    scale = qp.scale
+    if scale.device.type == "meta":
+        raise InputError("QParams.scale is on the 'meta' device; choose qparams from real data")
+    bad = ~(torch.isfinite(scale) & (scale > 0))
+    if bool(bad.any()):
+        first = float(scale[bad].flatten()[0])
+        raise InputError(f"QParams.scale holds {int(bad.sum())} value(s) that are not finite "
+                         f"and > 0 (e.g. {first!r}); a scale is the grid step. Fix: choose "
+                         "qparams from the data (choose_qparams) instead of editing them")
 
 
 def check_finite(x: torch.Tensor, what: str = "tensor") -> None:
@@ -87,9 +121,29 @@ def qparams_from_range(min_val: torch.Tensor, max_val: torch.Tensor, qtype: QTyp
     else:  # AFFINE: the range always contains 0 so that 0 is exact
         lo = min_val.clamp(max=0)
         hi = max_val.clamp(min=0)
-        scale = torch.clamp((hi - lo) / float(qtype.qmax - qtype.qmin), min=EPS)
+        levels = float(qtype.qmax - qtype.qmin)
+        scale = (hi - lo) / levels
+        # hi - lo of a range near float32's limits overflows: that width in float64
+        wide = ((hi.double() - lo.double()) / levels).float()
+        scale = torch.clamp(torch.where(torch.isfinite(scale), scale, wide), min=EPS)
         zero = (qtype.qmin - torch.round(lo / scale)).clamp(qtype.qmin, qtype.qmax).to(torch.int32)
+    _check_grid_fits_float32(scale, zero, qtype, min_val, max_val)
     return QParams(scale=scale, zero_point=zero, qtype=qtype, block_size=tuple(block_size))
+
+
+def _check_grid_fits_float32(scale: torch.Tensor, zero: torch.Tensor, qtype: QType,
+                             min_val: torch.Tensor, max_val: torch.Tensor) -> None:
+    """Raise :class:`InputError` when a grid end ``(q - z) * s`` is not a finite float32."""
+    s = scale.double()
+    z = zero.double()
+    ends = torch.maximum(((qtype.qmin - z) * s).abs(), ((qtype.qmax - z) * s).abs())
+    bad = ~(torch.isfinite(s) & (ends <= F32_MAX))
+    if bool(bad.any()):
+        lo, hi = float(min_val.min()), float(max_val.max())
+        raise InputError(f"the range [{lo:.4g}, {hi:.4g}] is too wide for a {qtype.name} grid "
+                         "in float32: its scale or its end points overflow float32 (max "
+                         f"{F32_MAX:.4g}), so dequantized values would be inf or NaN. Fix: "
+                         "clip or rescale the tensor (e.g. divide by a power of two) first")
 
 
 def choose_qparams(x: torch.Tensor, qtype: QType, scheme: Scheme = Scheme.SYMMETRIC,
@@ -98,7 +152,7 @@ def choose_qparams(x: torch.Tensor, qtype: QType, scheme: Scheme = Scheme.SYMMET
     """Min/max qparams of ``x`` at ``granularity`` (per tensor by default)."""
     from ..types import PerTensor
 
-    check_finite(x, "input to choose_qparams")
+    check_tensor(x, "input to choose_qparams", empty_ok=False)
     block = (granularity or PerTensor()).block_size(tuple(x.shape))
     xf = x.detach().float()
     if xf.dim() == 0:
@@ -126,7 +180,8 @@ def _broadcast_params(x: torch.Tensor, qp: QParams) -> tuple[torch.Tensor, torch
 
 def quantize(x: torch.Tensor, qp: QParams) -> torch.Tensor:
     """Integer codes of ``x`` in ``qp.qtype.storage_dtype``."""
-    check_finite(x, "input to quantize")
+    check_tensor(x, "input to quantize")
+    check_qparams(qp)
     scale, zero = _broadcast_params(x, qp)
     q = torch.round(x.float() * (1.0 / scale)) + zero
     return q.clamp_(qp.qtype.qmin, qp.qtype.qmax).to(qp.qtype.storage_dtype)
@@ -134,6 +189,8 @@ def quantize(x: torch.Tensor, qp: QParams) -> torch.Tensor:
 
 def dequantize(q: torch.Tensor, qp: QParams, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Float values ``(q - z) * s`` of integer codes ``q``."""
+    check_tensor(q, "codes to dequantize")
+    check_qparams(qp)
     scale, zero = _broadcast_params(q, qp)
     return ((q.to(torch.int32) - zero).float() * scale).to(dtype)
 
@@ -155,7 +212,13 @@ class _FakeQuantSTE(torch.autograd.Function):
 
 
 def fake_quantize(x: torch.Tensor, qp: QParams) -> torch.Tensor:
-    """``dequantize(quantize(x))`` in ``x``'s dtype, with a straight-through gradient."""
+    """``dequantize(quantize(x))`` in ``x``'s dtype, with a straight-through gradient.
+
+    Checks types and the device only (no data-dependent check: this runs in every forward)."""
+    if not isinstance(x, torch.Tensor) or x.device.type == "meta":
+        check_tensor(x, "input to fake_quantize")
+    if not isinstance(qp, QParams):
+        check_qparams(qp)
     scale, zero = _broadcast_params(x, qp)
     out = _FakeQuantSTE.apply(x.float(), scale, zero.float(), qp.qtype.qmin, qp.qtype.qmax)
     return out.to(x.dtype)

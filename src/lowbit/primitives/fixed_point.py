@@ -19,7 +19,7 @@ import torch
 
 from ..errors import ConfigError, InputError, check_int_range
 from ..types import QParams, QType, Scheme, int16, qtype_from_name
-from .affine import check_finite, dequantize, fake_quantize, qparams_from_range, quantize
+from .affine import check_tensor, dequantize, fake_quantize, qparams_from_range, quantize
 
 MAX_FRAC_BITS = 30  # the same bound as QuantSpec.frac_bits
 
@@ -67,8 +67,8 @@ def to_fixed(x: torch.Tensor, frac_bits: int = 8, qtype: QType = int16) -> Fixed
     ``x >= 128 - 1/512`` or ``x < -128 - 1/512`` (ties go to even, so ``128 - 1/512`` itself
     rounds up to ``128`` and saturates).
     """
+    check_tensor(x, "input to to_fixed")
     qp = fixed_point_qparams(qtype, frac_bits, tuple(x.shape))
-    check_finite(x, "input to to_fixed")
     qdata = quantize(x, qp)
     raw = torch.round(x.detach().float() * float(2 ** frac_bits))  # exact: a power of two
     n_sat = int(((raw < qp.qtype.qmin) | (raw > qp.qtype.qmax)).sum())

@@ -18,7 +18,7 @@ import os
 import random
 import re
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -94,11 +94,44 @@ def load_minilm(path: str | Path | None = None) -> tuple[MiniLMEncoder, object]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     transformers = require("transformers", _FEATURE)
     with _quiet(transformers):
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        transformer = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True)
+        tokenizer = _from_folder(transformers.AutoTokenizer, folder, "tokenizer")
+        check_tokenizer(tokenizer, folder)
+        transformer = _from_folder(transformers.AutoModel, folder, "model")
     encoder = MiniLMEncoder(transformer.float())
     encoder.eval()
     return encoder, tokenizer
+
+
+def _from_folder(auto: Any, folder: Path, what: str) -> Any:
+    """``auto.from_pretrained(folder)``, its failures (garbage config.json, truncated
+    weights, missing files) turned into a :class:`ConfigError` naming the folder."""
+    try:
+        return auto.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many types for a bad folder
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise ConfigError("path", str(folder), f"a Hugging Face folder whose {what} loads",
+                          f"transformers could not load the {what} ({type(exc).__name__}: "
+                          f"{first}); check config.json, the weights and tokenizer files "
+                          "(copy the folder again)") from None
+
+
+#: fewer entries than this is not a real vocabulary (a tokenizer made from special tokens only)
+MIN_VOCAB = 100
+
+
+def check_tokenizer(tokenizer: Any, folder: Path) -> None:
+    """ConfigError for a missing or degenerate tokenizer: a tiny vocabulary, or a plain
+    English sentence turned into unknown tokens only."""
+    size = len(tokenizer)
+    ids = tokenizer("the quick brown fox jumps over the lazy dog", add_special_tokens=False)
+    ids = ids["input_ids"]
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if size < MIN_VOCAB or not ids or (unk is not None and all(i == unk for i in ids)):
+        raise ConfigError("path", str(folder), "a Hugging Face folder with its tokenizer files "
+                          "(tokenizer.json or vocab.txt and tokenizer_config.json)",
+                          f"the tokenizer loaded from it has {size} entries and maps plain "
+                          "English to unknown tokens; copy the tokenizer files into the "
+                          "folder")
 
 
 # ---------------------------------------------------------------------------------------------
