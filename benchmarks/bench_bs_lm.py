@@ -21,7 +21,7 @@ compression ratio.
 
 Writes ``benchmarks/results/bs_lm.json`` and ``bs_lm.md``; names the CPU.
 
-    python benchmarks/bench_bs_lm.py [--train] [--qat-steps 150] [--repeats 5]
+    python benchmarks/bench_bs_lm.py [--train] [--qat-steps 100] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", action="store_true", help="train a fresh float LM first")
     parser.add_argument("--calib-batches", type=int, default=16)
-    parser.add_argument("--qat-steps", type=int, default=150)
+    parser.add_argument("--qat-steps", type=int, default=100)
     parser.add_argument("--qat-lr", type=float, default=5e-4)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()

@@ -223,3 +223,21 @@ def test_quantized_net_saves_and_loads(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(v), model.net(v))
     assert type(float_holder.core.g_point) in (ComplexPoint, QuantComplexPoint)
+
+
+def test_readme_example_runs_verbatim():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = re.search(r"^## Birman–Schwinger core and language model\n(.*?)(?=^## )", readme,
+                        flags=re.M | re.S)
+    assert section, "README has no Birman–Schwinger section"
+    code = re.search(r"^```python\n(.*?)^```", section.group(1), flags=re.M | re.S).group(1)
+    printed = []
+    torch.manual_seed(0)
+    exec(code, {"print": lambda *args: printed.append(args)})  # noqa: S102 - our own README
+    (mode, bits, calibrated, real_error, imag_error), (size,) = printed
+    assert (mode, bits, calibrated) == ("ptq_int4", 4, True)
+    assert 0 < real_error < 0.15 and 0 < imag_error < 0.15
+    assert size["compression_ratio"] > 1 and size["quantized_bytes"] < size["fp32_bytes"]
