@@ -84,7 +84,7 @@ def _median_ms(models: dict, inputs: torch.Tensor, repeats: int) -> dict:
 
 
 def quantize_lm(float_lm, mode: str, calib, qat_batches, qat_lr: float):
-    qmodel = lowbit.prepare(float_lm, birman_schwinger_recipe(mode, 128))
+    qmodel = lowbit.prepare(float_lm, birman_schwinger_recipe(mode, 128, causal=True))
     with lowbit.calibrate(qmodel):
         for inputs, _ in calib:
             qmodel(inputs)
@@ -176,7 +176,7 @@ def main() -> None:
         rows[mode]["median_ms"] = latency[mode]
         rows[mode]["speed_ratio_vs_float"] = latency["float"] / latency[mode]
     rows["ptq_int8"]["target_met"] = rows["ptq_int8"]["rise_vs_float_pct"] < 5
-    rows["qat_int8"]["target_met"] = abs(rows["qat_int8"]["rise_vs_float_pct"]) < 2
+    rows["qat_int8"]["target_met"] = rows["qat_int8"]["rise_vs_float_pct"] < 2  # at most 2 % worse
     rows["ptq_int4"]["target_met"] = rows["ptq_int4"]["rise_vs_float_pct"] < 15
     rows["qat_int4"]["target_met"] = rows["qat_int4"]["perplexity"] < rows["ptq_int4"]["perplexity"]
 

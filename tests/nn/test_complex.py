@@ -13,7 +13,7 @@ from lowbit.nn.complex import ComplexPoint, ComplexQuantizer, QuantComplexPoint
 from lowbit.nn.tables import QAT_MODULES
 from lowbit.primitives.complex import choose_complex_qparams, fake_quantize_complex
 from lowbit.recipe import ByType, Recipe, Rule
-from lowbit.types import PerChannel, PerTensor, Scheme, int8
+from lowbit.types import PerChannel, PerTensor, PerToken, Scheme, int8
 
 A8 = QuantSpec(qtype=int8, scheme=Scheme.SYMMETRIC, granularity=PerTensor())
 ACT_ONLY = LayerConfig(weight=None, act=A8)
@@ -85,12 +85,25 @@ def test_real_input_is_rejected(bad):
 @pytest.mark.parametrize("config, match", [
     (LayerConfig(weight=QuantSpec(granularity=PerChannel(0)), act=A8), "no weight"),
     (LayerConfig(weight=None, act=None), "no weight"),
-    (LayerConfig(act=QuantSpec(scheme=Scheme.AFFINE, dynamic=True)), "dynamic"),
     ("w8a8", "no weight"),
 ])
 def test_quant_point_config_errors(config, match):
     with pytest.raises(ConfigError, match=match):
         QuantComplexPoint(config)
+
+
+def test_dynamic_spec_chooses_each_parts_grid_per_row():
+    spec = QuantSpec(qtype=int8, granularity=PerToken(), dynamic=True)
+    q = ComplexQuantizer(spec).start_observing()
+    q.freeze()  # nothing to calibrate
+    assert q.state == "dynamic"
+    z = _z((3, 16))
+    z[1] *= 100  # one loud row leaves the others' grids alone
+    cqp = choose_complex_qparams(z, int8, Scheme.SYMMETRIC, PerToken())
+    assert torch.equal(q(z), fake_quantize_complex(z, cqp))
+    assert torch.equal(q.qparams(z).imag.scale, cqp.imag.scale)
+    with pytest.raises(InputError, match="complex tensor"):
+        q.qparams(z.real)
 
 
 def test_from_float_to_float_and_table_entry():

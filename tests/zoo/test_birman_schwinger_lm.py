@@ -74,7 +74,7 @@ def test_model_is_causal_before_and_after_quantization():
         a, b = model(ids), model(changed)
     assert a.shape == (2, 16, VOCAB_SIZE)
     assert torch.equal(a[:, :10], b[:, :10]) and not torch.equal(a[:, 10:], b[:, 10:])
-    recipe = birman_schwinger_recipe("ptq_int4", group_size=8)
+    recipe = birman_schwinger_recipe("ptq_int4", group_size=8, causal=True)
     qmodel = lowbit.prepare(model, recipe)
     with lowbit.calibrate(qmodel):
         qmodel(ids)
@@ -111,7 +111,7 @@ def test_training_lowers_the_loss_and_keeps_the_cores_causal():
 def test_qat_training_runs_through_fake_quant():
     model = _tiny()
     batches = lm_windows(_ids(), 16, batch=4, n_batches=4, seed=0)
-    qmodel = lowbit.prepare(model, birman_schwinger_recipe("qat_int8"))
+    qmodel = lowbit.prepare(model, birman_schwinger_recipe("qat_int8", causal=True))
     with lowbit.calibrate(qmodel):
         qmodel(batches[0][0])
     before = qmodel.blocks[0].core.proj.weight.detach().clone()
@@ -144,7 +144,7 @@ def test_trained_fixture_beats_uniform_by_far(trained):
 
 def test_trained_lm_int8_ptq_saves_and_loads(trained, tmp_path):
     train, _ = text_splits()
-    qmodel = lowbit.prepare(trained, birman_schwinger_recipe("ptq_int8"))
+    qmodel = lowbit.prepare(trained, birman_schwinger_recipe("ptq_int8", causal=True))
     with lowbit.calibrate(qmodel):
         for inputs, _ in lm_windows(train, 128, batch=8, n_batches=2, seed=1):
             qmodel(inputs)

@@ -12,7 +12,7 @@ import torch
 import lowbit
 from lowbit.errors import ConfigError, StateError
 from lowbit.nn import ComplexPoint, QuantComplexPoint, QuantizedLinear, QuantLinear
-from lowbit.types import PerChannel, PerGroup, PerTensor
+from lowbit.types import PerChannel, PerGroup, PerTensor, PerToken, Scheme
 from lowbit.zoo.birman_schwinger import BirmanSchwingerCore, potential_batches
 from lowbit.zoo.birman_schwinger_quant import (MODES, QuantizedBirmanSchwingerCore,
                                                birman_schwinger_recipe,
@@ -52,6 +52,14 @@ def test_recipe_quantizes_linears_the_complex_point_and_out_weight_only():
         assert configs["core.out"].act is None and configs["core.out"].weight == weight
         assert configs["core.g_point"].weight is None
         assert configs["core.g_point"].act.qtype.bits == 8
+        assert configs["core.g_point"].act.dynamic
+        assert configs["core.g_point"].act.granularity == PerToken()
+        assert weight.scheme is (Scheme.AFFINE if mode.endswith("4") else Scheme.SYMMETRIC)
+    causal = birman_schwinger_recipe("ptq_int8", causal=True)
+    point = causal.rules[0].config.act
+    assert not point.dynamic and point.granularity == PerChannel(1)
+    with pytest.raises(ConfigError, match="causal"):
+        birman_schwinger_recipe("ptq_int8", causal=1)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -77,11 +85,13 @@ def test_each_mode_runs_the_workflow_with_diagnostics(mode):
     assert diag["calibrated"] and diag["ptq_applied"] and not diag["qat_enabled"]
     assert diag["group_size"] == 128
     assert 0 < diag["v_quantization_error"] < 0.02  # int8 per-tensor input
-    assert diag["v_sat_ratio"] == 0.0
+    assert 0 <= diag["v_sat_ratio"] < 0.01  # held-out values past the calibrated range
     assert diag["G_sqnr_db"] > 10
     layers = diag["layers"]
     assert set(layers) == {"core.proj", "core.out", "core.g_point"}
-    assert layers["core.g_point"]["act_sat_ratio"] >= 0.0
+    assert layers["core.proj"]["act_sat_ratio"] == 0.0
+    for part in ("real", "imag"):  # int8 per row: about 1 %
+        assert 0 < diag[f"g_{part}_quantization_error"] < 0.02
     assert layers["core.proj"]["weight_bytes"] > 0
 
 
@@ -208,6 +218,14 @@ def test_causal_core_stays_causal_after_int4_ptq():
         a, b = model(v), model(changed)
     assert torch.equal(a[:, :100], b[:, :100])
     assert not torch.equal(a[:, 100:], b[:, 100:])
+    # the non-causal recipe's per-row ranges would see the later positions
+    leaky = _calibrated("ptq_int4", n_batches=2, core=BirmanSchwingerCore(N, causal=True))
+    leaky.net = lowbit.prepare(lowbit.to_float(leaky.net), birman_schwinger_recipe("ptq_int4"))
+    leaky.start_calibration()
+    leaky(v)
+    leaky.end_calibration()
+    with torch.no_grad():
+        assert not torch.equal(leaky(v)[:, :100], leaky(changed)[:, :100])
 
 
 def test_quantized_net_saves_and_loads(tmp_path):

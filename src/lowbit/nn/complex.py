@@ -5,7 +5,8 @@
 activation-only ``LayerConfig(weight=None, act=spec)``; ``prepare`` swaps it for
 ``QuantComplexPoint``, whose :class:`ComplexQuantizer` fake-quantizes the real and the
 imaginary part with two ordinary :class:`TensorQuantizer` s — two observers, two sets of
-qparams — so a large imaginary part never coarsens the real grid (the arithmetic of
+qparams (or, with a dynamic spec, two sets chosen from each input) — so a large imaginary part
+never coarsens the real grid (the arithmetic of
 :func:`lowbit.primitives.complex.fake_quantize_complex`).
 
 ``QuantComplexPoint`` has no weight, so ``convert`` keeps it as it is (fake-quant) and records
@@ -82,9 +83,12 @@ class ComplexQuantizer(nn.Module):
         self.imag.freeze()
         return self
 
-    def qparams(self) -> ComplexQParams:
-        """The held qparams of both parts."""
-        return ComplexQParams(real=self.real.qparams(), imag=self.imag.qparams())
+    def qparams(self, z: torch.Tensor | None = None) -> ComplexQParams:
+        """The held qparams of both parts (a dynamic spec: those chosen for ``z``)."""
+        if z is None:
+            return ComplexQParams(real=self.real.qparams(), imag=self.imag.qparams())
+        _check_complex(z, "ComplexQuantizer.qparams")
+        return ComplexQParams(real=self.real.qparams(z.real), imag=self.imag.qparams(z.imag))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Observe or fake-quantize ``z.real`` and ``z.imag`` separately; complex out."""
@@ -125,9 +129,6 @@ class QuantComplexPoint(ComplexPoint):
         if not isinstance(config, LayerConfig) or config.act is None or config.weight is not None:
             raise ConfigError("config", config, "LayerConfig(weight=None, act=QuantSpec(...))",
                               fix="a ComplexPoint has no weight; quantize only its activation")
-        if config.act.dynamic:
-            raise ConfigError("config.act.dynamic", True, "False for a ComplexPoint",
-                              fix="calibrate the complex activation (dynamic=False)")
         self.config = config
         self.backend = backend
         self.weight_quantizer = None

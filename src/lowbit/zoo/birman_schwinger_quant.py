@@ -4,11 +4,17 @@
 ``qat_int4``) into an ordinary :class:`lowbit.Recipe`:
 
 * every ``Linear`` as :class:`lowbit.QuantizationConfig` says — int8 per-channel weights, or int4
-  weights in groups of ``group_size`` input features, and int8 per-tensor calibrated inputs;
+  weights in groups of ``group_size`` input features, and int8 per-tensor calibrated inputs.
+  int8 weights are symmetric; int4 weights are affine by default (as lowbit's ``w4a16-g128``
+  preset): the causal core's rows are one-sided, and a zero point halves their int4 error;
 * the core's output map (``*core.out``) quantizes its weight only: its input is the complex
   intermediate, already quantized at
-* the :class:`~lowbit.nn.ComplexPoint` ``g_point``: int8 per tensor, real and imaginary parts
-  on separate grids.
+* the :class:`~lowbit.nn.ComplexPoint` ``g_point``: int8, real and imaginary parts on separate
+  grids. Rows are different potentials (batch items, heads of a language model) whose scales
+  differ widely, so one calibrated range per tensor leaves small rows a few levels. A
+  non-causal core therefore gets grids chosen per row at run time (dynamic per token); a causal
+  one (``causal=True``) calibrated grids per position (per channel along the sequence), because
+  a per-row range would let later positions change how earlier ones are rounded.
 
 The recipe applies to any model holding cores under attributes named ``core`` (the language
 model of :mod:`lowbit.zoo.birman_schwinger_lm` too).
@@ -33,7 +39,7 @@ from lowbit.errors import ConfigError
 from lowbit.model.prepare import quant_modules
 from lowbit.primitives.affine import fake_quantize
 from lowbit.primitives.metrics import sat_ratio, sqnr_db
-from lowbit.types import PerTensor, Scheme, int8
+from lowbit.types import PerChannel, PerToken, Scheme, int8
 
 from .birman_schwinger import BirmanSchwingerCore
 
@@ -41,16 +47,30 @@ MODES = ("ptq_int8", "qat_int8", "ptq_int4", "qat_int4")
 
 
 def birman_schwinger_recipe(mode: str = "ptq_int8", group_size: int = 128,
-                            symmetric: bool = True) -> Recipe:
-    """The Recipe of ``mode`` for models built from :class:`BirmanSchwingerCore` s (module doc)."""
+                            symmetric: bool | None = None, causal: bool = False) -> Recipe:
+    """The Recipe of ``mode`` for models built from :class:`BirmanSchwingerCore` s (module doc).
+
+    ``symmetric``: the weights' scheme; None picks symmetric for int8 and affine for int4.
+    ``causal``: the cores are causal (language models): ``g`` gets per-position calibrated
+    grids instead of per-row dynamic ones.
+    """
+    if not isinstance(causal, bool):
+        raise ConfigError("causal", causal, "True or False",
+                          fix="pass causal=True for models built from causal cores")
+    if symmetric is None:
+        symmetric = QuantizationConfig(mode=mode, group_size=group_size).bits == 8
     qc = QuantizationConfig(mode=mode, group_size=group_size, symmetric=symmetric)
     base = qc.to_recipe()
     linear = base.rules[0].config
-    scheme = Scheme.SYMMETRIC if symmetric else Scheme.AFFINE
-    complex_act = QuantSpec(qtype=int8, scheme=scheme, granularity=PerTensor(), method="minmax")
+    if causal:
+        complex_act = QuantSpec(qtype=int8, scheme=Scheme.SYMMETRIC, granularity=PerChannel(1),
+                                method="minmax")
+    else:
+        complex_act = QuantSpec(qtype=int8, scheme=Scheme.SYMMETRIC, granularity=PerToken(),
+                                dynamic=True)
     rules = (Rule(ByType(("ComplexPoint",)), LayerConfig(weight=None, act=complex_act)),
              Rule(ByName("*core.out"), LayerConfig(weight=linear.weight, act=None))) + base.rules
-    return Recipe(rules, f"birman-schwinger:{mode}:g{group_size}")
+    return Recipe(rules, f"birman-schwinger:{mode}:g{group_size}{':causal' if causal else ''}")
 
 
 def relative_error(ref: torch.Tensor, approx: torch.Tensor) -> float:
@@ -96,7 +116,7 @@ class QuantizedBirmanSchwingerCore(nn.Module):
                               fix=f"int4 groups run along the n_seq inputs; use n_seq a "
                                   f"multiple of {group_size} or a smaller group_size")
         self.n_seq, self.epsilon = core.n_seq, core.epsilon
-        self.recipe = birman_schwinger_recipe(mode, group_size)
+        self.recipe = birman_schwinger_recipe(mode, group_size, causal=core.causal)
         self.net = prepare(_Holder(core), self.recipe)
         self.net.requires_grad_(False)
         self.calibrating = False
@@ -193,7 +213,16 @@ class QuantizedBirmanSchwingerCore(nn.Module):
             if self.qat_enabled and not self.training and torch.is_grad_enabled():
                 warnings.warn("QAT is enabled but the core is in eval mode; call model.train() "
                               "before training through quantization", UserWarning, stacklevel=2)
-            out = self.net(v)
+            if not return_diagnostics:
+                return self.net(v)
+            seen = []
+            hook = self.net.core.g_point.register_forward_hook(
+                lambda module, args, output: seen.append((args[0].detach(), output.detach())))
+            try:
+                out = self.net(v)
+            finally:
+                hook.remove()
+            return out, self.diagnostics(v, out, seen[0] if seen else None)
         if not return_diagnostics:
             return out
         return out, self.diagnostics(v, out)
@@ -212,14 +241,21 @@ class QuantizedBirmanSchwingerCore(nn.Module):
                 for m in modules:
                     m.set_fake_quant(True)
 
-    def diagnostics(self, v: torch.Tensor, out: torch.Tensor) -> dict:
-        """Mode, state, relative errors of ``v`` and of ``G``'s parts, SQNR and layer records."""
+    def diagnostics(self, v: torch.Tensor, out: torch.Tensor,
+                    g_pair: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+        """Mode, state, relative errors of ``v``, of the intermediate ``g`` (``g_pair``: its
+        float and quantized values) and of the output ``G``'s parts, SQNR, layer records."""
         diag = {"quantization_mode": self.mode, "bits": self.bits,
                 "group_size": self.config.group_size, "calibrated": self.calibrated,
                 "calibrating": self.calibrating, "qat_enabled": self.qat_enabled,
                 "ptq_applied": self.ptq_applied, "v_quantization_error": None,
                 "v_sat_ratio": None, "G_real_quantization_error": None,
-                "G_imag_quantization_error": None, "G_sqnr_db": None}
+                "G_imag_quantization_error": None, "G_sqnr_db": None,
+                "g_real_quantization_error": None, "g_imag_quantization_error": None}
+        if g_pair is not None:
+            g, gq = g_pair
+            diag["g_real_quantization_error"] = relative_error(g.real, gq.real)
+            diag["g_imag_quantization_error"] = relative_error(g.imag, gq.imag)
         if self.calibrated and not self.calibrating:
             with torch.no_grad():
                 vq = fake_quantize(v.detach().float(), self._v_qparams)
