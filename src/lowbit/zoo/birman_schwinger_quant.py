@@ -6,7 +6,7 @@
 * every ``Linear`` as :class:`lowbit.QuantizationConfig` says — int8 per-channel weights, or int4
   weights in groups of ``group_size`` input features, and int8 per-tensor calibrated inputs.
   int8 weights are symmetric; int4 weights are affine by default (as lowbit's ``w4a16-g128``
-  preset): the causal core's rows are one-sided, and a zero point halves their int4 error;
+  preset): with 16 levels, a zero point fits rows whose weights are not centred on zero;
 * the core's output map (``*core.out``) quantizes its weight only: its input is the complex
   intermediate, already quantized at
 * the :class:`~lowbit.nn.ComplexPoint` ``g_point``: int8, real and imaginary parts on separate
@@ -22,7 +22,9 @@ model of :mod:`lowbit.zoo.birman_schwinger_lm` too).
 :class:`QuantizedBirmanSchwingerCore` wraps one core with the workflow
 ``start_calibration()`` → forwards → ``end_calibration()`` → ``apply_ptq()`` (convert to integer
 storage) or ``enable_qat()`` (train through the fake-quant grid), ``estimate_model_size()`` and
-``forward(v, return_diagnostics=True)``. Misuse in the wrong order raises :class:`StateError`.
+``forward(v, return_diagnostics=True)``. Misuse in the wrong order raises :class:`StateError`
+(or :class:`ConfigError` for ``enable_qat()`` on a ``ptq_*`` mode); QAT in eval mode with
+gradients on warns.
 """
 
 from __future__ import annotations
@@ -96,7 +98,8 @@ class QuantizedBirmanSchwingerCore(nn.Module):
     """One :class:`BirmanSchwingerCore` quantized by ``mode`` (see the module doc).
 
     ``core``: a trained float core to quantize (deep-copied); without it one is built from
-    ``n_seq``, ``epsilon`` and ``seed``. Weights are frozen (``requires_grad=False``) until
+    ``n_seq``, ``epsilon``, ``seed`` and ``causal``. The recipe is
+    ``birman_schwinger_recipe(mode, group_size, causal=core.causal)``. Weights are frozen (``requires_grad=False``) until
     :meth:`enable_qat`. The prepared lowbit model is :attr:`net` (records in
     ``lowbit.lowbit_state(q.net).records``).
     """
