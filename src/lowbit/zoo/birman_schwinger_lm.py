@@ -184,7 +184,8 @@ def perplexity(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]
 def train_lm(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], *,
              lr: float = 3e-3, warmup: int = 50, clip: float = 1.0,
              on_step: Callable[[int, float], None] | None = None) -> list[float]:
-    """AdamW over ``batches`` with linear warm-up then cosine decay; returns the losses.
+    """AdamW over ``batches`` with linear warm-up then cosine decay; returns the losses and
+    leaves ``model`` in eval mode.
 
     Works on a float :class:`BirmanSchwingerLM` and on one prepared by lowbit (QAT: the
     fake-quant forward with straight-through gradients). Causality is restored after every
