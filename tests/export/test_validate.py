@@ -221,3 +221,31 @@ def test_a_file_that_is_not_onnx_and_inputs_of_the_wrong_shape_are_clear_errors(
         validate_onnx(result.path, qmodel, torch.randn(3, 5))
     with pytest.raises(ConfigError, match=r"path='int' is invalid"):
         validate_onnx(3, qmodel, digits[1].x_test[:2])
+
+
+
+@pytest.mark.parametrize("apply_ptq", [False, True])
+def test_complex_outputs_compare_as_real_imaginary_pairs(tmp_path, apply_ptq):
+    """The quantized Birman–Schwinger core: complex arithmetic exports as real/imaginary pairs.
+
+    ONNX Runtime's ``exact`` session (all graph optimizations) fails to initialise on this
+    graph (an ORT-internal "Attempt to replace the existing tensor"), so it is checked node by
+    node (``reference``) and with ORT's default optimizations.
+    """
+    from lowbit.export import export_onnx
+    from lowbit.zoo.birman_schwinger import potential_batches
+    from lowbit.zoo.birman_schwinger_quant import create_quantized_birman_schwinger
+
+    core = create_quantized_birman_schwinger(128, "ptq_int8")
+    core.start_calibration()
+    for v in potential_batches(2, batch=8, n_seq=128):
+        core(v)
+    core.end_calibration()
+    if apply_ptq:
+        core.apply_ptq()
+    v = potential_batches(1, batch=3, n_seq=128, seed=7)[0]
+    result = export_onnx(core.net, v, tmp_path / "core.onnx")
+    for kernels in ("reference", "default"):
+        report = validate_onnx(result.path, core.net, v, kernels=kernels, atol=1e-4)
+        assert report["outputs"]["output"]["shape"] == [3, 128, 2]
+        assert report["passed"] and report["min_cosine"] > 0.9999

@@ -121,7 +121,9 @@ def test_single_layer_is_proj_and_embedding_has_no_role():
 
 
 def test_quantizable_types_constant():
-    assert QUANTIZABLE == (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
+    from lowbit.nn.complex import ComplexPoint
+
+    assert QUANTIZABLE == (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding, ComplexPoint)
 
 
 def test_flags_recipe_quantizes_block_convs_only():
@@ -235,6 +237,15 @@ def test_is_quantizable():
     ok, reason = is_quantizable(nn.Linear(64, 2), LayerConfig(weight_spec(int4, PerGroup(128, 1))))
     assert not ok and "size=128 does not divide" in reason
     assert is_quantizable(nn.GELU(), None)[0] is False
+
+
+def test_complex_point_is_quantizable_for_its_activation_only():
+    from lowbit.config import QuantSpec
+    from lowbit.nn.complex import ComplexPoint
+
+    assert is_quantizable(ComplexPoint(), LayerConfig(act=QuantSpec())) == (True, "")
+    ok, reason = is_quantizable(ComplexPoint(), CFG)
+    assert not ok and reason == "a ComplexPoint has no weight; give it weight=None (activation only)"
 
 
 def test_role_recipe_without_roles_falls_back_and_says_so(caplog):

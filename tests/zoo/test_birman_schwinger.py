@@ -103,6 +103,7 @@ def test_potential_batches_are_smooth_deterministic_and_signed():
     ({"epsilon": math.nan}, r"epsilon=nan .*a finite number > 0"),
     ({"epsilon": True}, r"epsilon=True .*a finite number > 0"),
     ({"seed": -1}, r"seed=-1 "),
+    ({"causal": 1}, r"causal=1 .*True or False"),
 ])
 def test_core_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ConfigError, match=match):
@@ -125,3 +126,27 @@ def test_forward_rejects_inputs_that_are_not_real_batches_of_n_seq(v):
 def test_potential_batches_reject_bad_sizes(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         potential_batches(**kwargs)
+
+
+def test_causal_core_sees_only_the_past():
+    core = BirmanSchwingerCore(N, seed=2, causal=True)
+    assert torch.equal(core.kernel, torch.tril(free_resolvent_kernel(N, 1.0)))
+    assert torch.count_nonzero(torch.triu(core.proj.weight, 1)) == 0
+    v = potential_batches(1, batch=2, n_seq=N)[0]
+    changed = v.clone()
+    changed[:, 9:] -= 3.0
+    a, b = core(v), core(changed)
+    assert torch.equal(a[:, :9], b[:, :9]) and not torch.equal(a[:, 9:], b[:, 9:])
+    assert core.g_point(a) is a, "g_point is the identity in float"
+
+
+def test_enforce_causal_zeroes_the_upper_triangles_only_when_causal():
+    causal, full = BirmanSchwingerCore(N, causal=True), BirmanSchwingerCore(N)
+    for core in (causal, full):
+        with torch.no_grad():
+            core.out.weight.add_(1.0)
+        core.enforce_causal_()
+    assert torch.count_nonzero(torch.triu(causal.out.weight, 1)) == 0
+    assert torch.equal(torch.tril(causal.out.weight), torch.tril(full.out.weight))
+    assert torch.count_nonzero(torch.triu(full.out.weight, 1)) > 0
+    assert "causal=True" in repr(causal)

@@ -138,7 +138,14 @@ def _run_torch(model: nn.Module, inputs: Any) -> list[np.ndarray]:
             out = model(*args, **kwargs)
     finally:
         model.train(was_training)
-    return [t.detach().float().cpu().numpy() for t in flatten_outputs(out)[1]]
+    return [_real_view(t).cpu().numpy() for t in flatten_outputs(out)[1]]
+
+
+def _real_view(t: torch.Tensor) -> torch.Tensor:
+    """float32 of ``t``; a complex tensor as (..., 2) real/imaginary pairs, the layout the
+    exporter writes complex outputs in."""
+    t = t.detach()
+    return torch.view_as_real(t.to(torch.complex64)) if t.is_complex() else t.float()
 
 
 def validate_onnx(path: str | os.PathLike, model: nn.Module, inputs: Any, *,

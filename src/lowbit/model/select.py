@@ -24,13 +24,15 @@ from torch import nn
 
 from ..config import LayerConfig
 from ..errors import ConfigError, InputError
+from ..nn.complex import ComplexPoint
 from ..recipe import ByName, ByRole, ByType, Recipe, Selector, load_recipe
 from ..records import LayerRecord
 
 logger = logging.getLogger(__name__)
 
-#: Module types lowbit can quantize (weights; activations too except for Embedding).
-QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
+#: Module types lowbit can quantize (weights; activations too except for Embedding;
+#: a ComplexPoint's complex activation only).
+QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding, ComplexPoint)
 #: Module types that get a role (proj/head/block): the quantizable ones that compute on inputs.
 ROLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
@@ -146,6 +148,9 @@ def is_quantizable(module: nn.Module, config: LayerConfig | None) -> tuple[bool,
     if isinstance(module, nn.Embedding) and config.act is not None:
         return False, ("an Embedding's input is integer indices, which have no activation "
                        "quantization; give Embedding layers act=None (weight-only)")
+    if config.weight is not None and not hasattr(module, "weight"):
+        return False, (f"a {type(module).__name__} has no weight; give it weight=None "
+                       "(activation only)")
     weight = getattr(module, "weight", None)
     if config.weight is not None:
         if not isinstance(weight, torch.Tensor) or isinstance(

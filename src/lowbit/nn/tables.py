@@ -13,6 +13,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import ConfigError
+from .complex import ComplexPoint, QuantComplexPoint
 from .qat import QuantConv1d, QuantConv2d, QuantEmbedding, QuantLinear
 from .quantized import QuantizedConv1d, QuantizedConv2d, QuantizedEmbedding, QuantizedLinear
 
@@ -22,6 +23,7 @@ QAT_MODULES: dict[type, type] = {
     nn.Conv1d: QuantConv1d,
     nn.Conv2d: QuantConv2d,
     nn.Embedding: QuantEmbedding,
+    ComplexPoint: QuantComplexPoint,  # activation only: convert keeps it fake-quant
 }
 
 #: QAT class -> real low-bit class

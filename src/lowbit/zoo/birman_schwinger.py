@@ -17,13 +17,19 @@ features of the potential and mixes the result with a second real linear map::
     u  = proj(v)                                  (B, N) real      Linear N -> N
     a  = V^{1/2} ⊙ u                               (B, N) real
     r  = a @ R_0ᵀ                                  (B, N) complex   fixed kernel, a buffer
-    g  = |V|^{1/2} ⊙ r                             (B, N) complex   = K(z) u
+    g  = g_point(|V|^{1/2} ⊙ r)                    (B, N) complex   = K(z) u
     G  = out(Re g) + i · out(Im g)                 (B, N) complex   Linear N -> N, no bias
 
 Both learned layers are ordinary real ``nn.Linear`` modules, so they quantize like any other;
-the complex output ``G`` is what the complex quantizers (real and imaginary parts quantized
-separately) are demonstrated on. The kernel is rebuilt from ``epsilon`` and not saved in the
-state dict.
+``g_point`` is a :class:`lowbit.nn.ComplexPoint` (identity in float), where a recipe quantizes
+the complex intermediate with its real and imaginary parts on separate grids. The kernel is
+applied as two real products (``a @ Re R_0ᵀ`` and ``a @ Im R_0ᵀ``) and is rebuilt from
+``epsilon``, not saved in the state dict.
+
+``causal=True`` keeps only the lower triangle (``j <= i``) of the kernel and of both weights,
+so output ``i`` depends on ``v[: i + 1]`` alone (for language models): the weights' upper
+triangles start at zero and :meth:`BirmanSchwingerCore.enforce_causal_` restores them after
+an optimizer step. Zero is exact on every lowbit grid, so quantization keeps causality.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import torch
 from torch import nn
 
 from lowbit.errors import ConfigError, InputError, check_int_range
+from lowbit.nn.complex import ComplexPoint
 
 _MAX_SEED = 2**63 - 1
 
@@ -52,12 +59,14 @@ class BirmanSchwingerCore(nn.Module):
     """``v`` (B, n_seq) real potential -> ``G`` (B, n_seq) complex64 features (see module doc).
 
     ``epsilon`` > 0 is the imaginary part of the spectral parameter ``z = 1 + i·epsilon``; larger
-    values make the resolvent more local. Weights are initialised from ``seed`` with a private
+    values make the resolvent more local; ``causal`` makes output ``i`` depend on ``v[:i+1]``
+    only (see the module doc). Weights are initialised from ``seed`` with a private
     generator, so two cores built with the same arguments are identical and building one does
     not touch PyTorch's global random state.
     """
 
-    def __init__(self, n_seq: int = 64, epsilon: float = 1.0, seed: int = 0):
+    def __init__(self, n_seq: int = 64, epsilon: float = 1.0, seed: int = 0,
+                 causal: bool = False):
         super().__init__()
         check_int_range("n_seq", n_seq, 1, 16384)
         if (isinstance(epsilon, bool) or not isinstance(epsilon, (int, float))
@@ -65,14 +74,39 @@ class BirmanSchwingerCore(nn.Module):
             raise ConfigError("epsilon", epsilon, "a finite number > 0",
                               "pass e.g. epsilon=1.0 (the resolvent's decay needs Im z > 0)")
         check_int_range("seed", seed, 0, _MAX_SEED)
+        if not isinstance(causal, bool):
+            raise ConfigError("causal", causal, "True or False",
+                              "pass causal=True for a language model's sequence mixing")
         self.n_seq = n_seq
+        self.causal = causal
         self.epsilon = float(epsilon)
         with torch.random.fork_rng(devices=[]):  # nn.Linear's own init draws from it
             self.proj = nn.Linear(n_seq, n_seq)
             self.out = nn.Linear(n_seq, n_seq, bias=False)
-        self.register_buffer("kernel", free_resolvent_kernel(n_seq, self.epsilon),
-                             persistent=False)
+        self.g_point = ComplexPoint()
+        kernel = free_resolvent_kernel(n_seq, self.epsilon)
+        if causal:
+            kernel = torch.tril(kernel)
+        self.register_buffer("kernel_real", kernel.real.contiguous(), persistent=False)
+        self.register_buffer("kernel_imag", kernel.imag.contiguous(), persistent=False)
         self._init_weights(seed)
+        self.enforce_causal_()
+
+    @property
+    def kernel(self) -> torch.Tensor:
+        """The (n_seq, n_seq) complex kernel in use (lower triangle only when causal)."""
+        return torch.complex(self.kernel_real, self.kernel_imag)
+
+    def enforce_causal_(self) -> "BirmanSchwingerCore":
+        """With ``causal``, zero the upper triangles of ``proj.weight`` and ``out.weight``
+        (in place; a no-op otherwise). Call it after each optimizer step when training."""
+        if self.causal:
+            with torch.no_grad():
+                for layer in (self.proj, self.out):
+                    weight = getattr(layer, "weight", None)
+                    if isinstance(weight, torch.Tensor) and weight.is_floating_point():
+                        weight.copy_(torch.tril(weight))
+        return self
 
     def _init_weights(self, seed: int) -> None:
         generator = torch.Generator().manual_seed(seed)
@@ -85,7 +119,7 @@ class BirmanSchwingerCore(nn.Module):
 
     def extra_repr(self) -> str:
         """Show the grid size and spectral parameter in ``repr``."""
-        return f"n_seq={self.n_seq}, epsilon={self.epsilon}"
+        return f"n_seq={self.n_seq}, epsilon={self.epsilon}, causal={self.causal}"
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         """(B, n_seq) real potential -> (B, n_seq) complex features ``G``."""
@@ -96,8 +130,9 @@ class BirmanSchwingerCore(nn.Module):
         root = v.abs().clamp_min(1e-12).sqrt()  # (B, N) |V|^{1/2}; clamp keeps grads finite at 0
         u = self.proj(v)  # (B, N)
         a = torch.sign(v) * root * u  # (B, N) V^{1/2} u
-        r = a.to(self.kernel.dtype) @ self.kernel.T  # (B, N) complex: R_0(z) V^{1/2} u
-        g = root * r  # (B, N) complex: K(z) u
+        r_real = a @ self.kernel_real.T  # (B, N) Re R_0(z) V^{1/2} u
+        r_imag = a @ self.kernel_imag.T  # (B, N) Im R_0(z) V^{1/2} u
+        g = self.g_point(torch.complex(root * r_real, root * r_imag))  # (B, N) K(z) u
         return torch.complex(self.out(g.real), self.out(g.imag))  # (B, N) complex
 
 
