@@ -132,6 +132,7 @@ def markdown(r: dict) -> str:
                   "| variant | speed vs float32 eager | cosine to float32 | median s | min s "
                   "| first call s |", "|---|---|---|---|---|---|"]
         skipped = []
+        notes = [f"- {v['variant']}: {v['note']}" for v in r["minilm"]["variants"] if v.get("note")]
         for v in r["minilm"]["variants"]:
             if v["status"] != "ok":
                 skipped.append(f"- {v['variant']}: {v['reason']}")
@@ -140,6 +141,8 @@ def markdown(r: dict) -> str:
             lines.append(f"| {v['variant']} | {v['speed_vs_float32_eager']:.2f}x | "
                          f"{v['cosine_to_float32']:.5f} | {v['median_s']:.3f} | "
                          f"{v['min_s']:.3f} | {v['first_call_s']:.1f} |")
+        if notes:
+            lines += ["", "Notes:", ""] + notes
         if skipped:
             lines += ["", "Skipped:", ""] + skipped
         lines.append("")
@@ -191,9 +194,9 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS / "peers.json"),
                     help="JSON path; the Markdown goes next to it with .md")
     args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    for noisy in ("lowbit", "torch", "torchao", "onnxruntime", "optimum"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # progress from this benchmark only (ONNX Runtime's quantizer logs every node at INFO)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    logging.getLogger("bench_peers").setLevel(logging.INFO)
     rounds = args.rounds or (3 if args.quick else 7)
     torch.set_num_threads(args.threads)
     started = time.time()

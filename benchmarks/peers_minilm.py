@@ -156,15 +156,23 @@ def _quanto(ctx: Context, weights: str):
     model = copy.deepcopy(ctx.model)
     quanto.quantize(model, weights=getattr(quanto, weights))
     quanto.freeze(model)
-    return _torch_runner(model, ctx.batch)
+    return model
 
 
 def quanto_int8(ctx: Context):
-    return _quanto(ctx, "qint8")
+    return _torch_runner(_quanto(ctx, "qint8"), ctx.batch)
 
 
 def quanto_int4(ctx: Context):
-    return _quanto(ctx, "qint4")
+    model, batch = _quanto(ctx, "qint4"), ctx.batch
+
+    def run() -> torch.Tensor:
+        # its int4 weight tensor fails under inference_mode ("Cannot set version_counter for
+        # inference tensor"): run it under no_grad instead
+        with torch.inference_mode(False), torch.no_grad():
+            return model(**batch).float()
+    run.note = "runs under torch.no_grad (fails under torch.inference_mode)"
+    return run
 
 
 def _lowbit(preset: str):
@@ -217,6 +225,8 @@ def run_minilm(ctx: Context, rounds: int, only: set[str] | None = None) -> list[
             if first.shape != row["embeddings"].shape:
                 raise RuntimeError(f"output shape {tuple(first.shape)}")
             runners[name] = fn
+            if getattr(fn, "note", None):
+                row["note"] = fn.note
         except Missing as exc:
             row.update(status="skipped", reason=f"not installed: {exc}")
         except Exception as exc:  # noqa: BLE001 - a failing peer is reported, not fatal
