@@ -33,8 +33,8 @@ reason; the run goes on.  Install the peers with ``pip install -c constraints.tx
 ".[bench]"``.  Writes ``benchmarks/results/peers.json`` and ``peers.md`` (``--out`` to change),
 both naming the CPU (lscpu model name and flags), torch version and thread count.
 
-    python benchmarks/bench_peers.py            # 7 rounds, all shapes (about 10 min on 2 cores)
-    python benchmarks/bench_peers.py --quick    # 3 rounds, 2 shapes x M in {1, 8, 128, 4096}
+    python benchmarks/bench_peers.py            # 7 rounds, all shapes and M
+    python benchmarks/bench_peers.py --quick    # 3 rounds (linear: 5), 2 shapes x M in {1, 8, 128, 4096}
 """
 
 from __future__ import annotations

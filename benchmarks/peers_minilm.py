@@ -95,11 +95,12 @@ def torch_ao_dynamic_int8(ctx: Context):
     return _torch_runner(model, ctx.batch)
 
 
-def _float_onnx(ctx: Context) -> Path:
+def _float_onnx(ctx: Context) -> tuple[Path, str]:
     """The float model exported once with ``torch.onnx.export`` at the batch's fixed shape."""
     path = ctx.workdir / "minilm_float.onnx"
+    exporter = path.with_suffix(".exporter")
     if path.exists():
-        return path
+        return path, exporter.read_text()
     _need("onnx")
     args = (ctx.batch["input_ids"], ctx.batch["attention_mask"])
     names = dict(input_names=["input_ids", "attention_mask"], output_names=["embeddings"])
@@ -110,45 +111,50 @@ def _float_onnx(ctx: Context) -> Path:
                 warnings.simplefilter("ignore")
                 torch.onnx.export(ctx.model, args, str(path), dynamo=dynamo, opset_version=18,
                                   external_data=False, **names)
-            return path
+            exporter.write_text(f"torch.onnx.export(dynamo={dynamo})")
+            return path, exporter.read_text()
         except Exception as exc:  # noqa: BLE001 - try the other exporter, then report both
             errors.append(f"dynamo={dynamo}: {type(exc).__name__}: {exc}")
     raise RuntimeError("torch.onnx.export failed: " + " | ".join(errors))
 
 
-def _ort_runner(path: Path, ctx: Context, threads: int):
+def _ort_runner(path: Path, ctx: Context, threads: int, note: str):
     ort = _need("onnxruntime")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feeds = {i.name: ctx.batch[i.name].numpy() for i in session.get_inputs()}
-    return lambda: torch.from_numpy(session.run(None, feeds)[0]).float()
+
+    def run() -> torch.Tensor:
+        return torch.from_numpy(session.run(None, feeds)[0]).float()
+    run.note = f"float model from {note}"
+    return run
 
 
 def ort_dynamic_int8(ctx: Context):
     _need("onnxruntime")
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
-    src = _float_onnx(ctx)
+    src, exporter = _float_onnx(ctx)
     pre, out = ctx.workdir / "minilm_pre.onnx", ctx.workdir / "minilm_ort_int8.onnx"
     with contextlib.redirect_stdout(io.StringIO()):
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
     quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8, per_channel=True)
-    return _ort_runner(out, ctx, torch.get_num_threads())
+    return _ort_runner(out, ctx, torch.get_num_threads(), exporter)
 
 
 def ort_matmulnbits_int4(ctx: Context):
     onnx = _need("onnx")
     _need("onnxruntime")
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-    src = _float_onnx(ctx)
+    src, exporter = _float_onnx(ctx)
     out = ctx.workdir / "minilm_ort_int4.onnx"
     quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), bits=4, block_size=128,
                                      is_symmetric=True)  # accuracy_level default: float compute
     quantizer.process()
     quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
-    return _ort_runner(out, ctx, torch.get_num_threads())
+    return _ort_runner(out, ctx, torch.get_num_threads(), exporter)
 
 
 def _quanto(ctx: Context, weights: str):
