@@ -34,7 +34,8 @@ reason; the run goes on.  Install the peers with ``pip install -c constraints.tx
 both naming the CPU (lscpu model name and flags), torch version and thread count.
 
     python benchmarks/bench_peers.py            # 7 rounds, all shapes and M
-    python benchmarks/bench_peers.py --quick    # 3 rounds (linear: 5), 2 shapes x M in {1, 8, 128, 4096}
+    python benchmarks/bench_peers.py --quick    # 3 rounds (linear 7), M in {1, 8, 128, 4096},
+                                                # 768->3072 and 3072->768 only
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import json
 import logging
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -116,8 +118,9 @@ def markdown(r: dict) -> str:
     c = r["cpu"]
     kind = ("**Quick run** (`--quick`: fewer rounds and shapes) on a machine shared with other "
             "jobs: expect noise of tens of percent" if r["quick"] else "Full run")
-    lines = [f"# lowbit and its peers ({r['command']})", "",
-             f"{kind}. {r['rounds']} interleaved rounds, medians. {r['note']}".rstrip(), "",
+    lines = ["# lowbit and its peers", "", f"`python benchmarks/{r['command']}`", "",
+             f"{kind}. Interleaved rounds, medians: {r['rounds']} for MiniLM, "
+             f"{r.get('linear_rounds', '-')} for the linear layers. {r['note']}".rstrip(), "",
              f"- CPU: {c['model_name']} ({c['cpus']} CPUs visible); int8 dot-product flags: "
              f"{', '.join(c['int8_dot']) or 'none'}; bf16 flags: {', '.join(c['bf16']) or 'none'}",
              f"- torch {r['torch']}, {r['threads']} threads; "
@@ -183,7 +186,8 @@ def markdown(r: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true",
-                    help="3 rounds; linear table at 768->3072 and 3072->768, M in 1/8/128/4096")
+                    help="3 MiniLM rounds; linear layers 768->3072 and 3072->768 at M in "
+                    "1/8/128/4096")
     ap.add_argument("--rounds", type=int, help="timed rounds (default 7, --quick 3)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-minilm", action="store_true")
@@ -201,7 +205,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     started = time.time()
     result = {"benchmark": "bench_peers", "quick": args.quick, "note": args.note,
-              "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+              "command": shlex.join([Path(sys.argv[0]).name] + sys.argv[1:]),
               "cpu": cpu(), "platform": platform.platform(), "threads": args.threads,
               "torch": torch.__version__, "versions": versions(), "rounds": rounds,
               "load_average_before": list(os.getloadavg())}
@@ -213,7 +217,8 @@ def main() -> None:
     if not args.skip_linear:
         shapes = SHAPES[:2] if args.quick else SHAPES
         rows = (1, 8, 128, 4096) if args.quick else ROWS
-        result["linear"] = run_linear(shapes, rows, max(rounds, 5), 0.02 if args.quick else 0.05)
+        result["linear_rounds"] = max(rounds, 7)  # cheap enough for 7 rounds even when quick
+        result["linear"] = run_linear(shapes, rows, result["linear_rounds"], 0.05)
     result["load_average_after"] = list(os.getloadavg())
     result["seconds"] = round(time.time() - started, 1)
     out = Path(args.out)

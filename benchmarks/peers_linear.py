@@ -3,8 +3,8 @@
 Used by ``bench_peers.py`` (see its docstring).  For a layer ``K -> N`` (random weights, bias)
 and ``M`` input rows, each method is a callable of no arguments; all methods at one (shape, M)
 are timed in interleaved rounds, each sample the mean of ``iters`` back-to-back calls (``iters``
-chosen from float32's time so a sample lasts about ``sample_s``), and reported as the median
-over rounds and as float32's median divided by it.
+chosen from float32's fastest warm-up call so a sample lasts about ``sample_s``), and
+reported as the median and minimum over rounds, and as float32's median divided by it.
 """
 
 from __future__ import annotations
@@ -110,7 +110,8 @@ def run_linear(shapes, rows, rounds: int, sample_s: float) -> list[dict]:
                     row = notes[name]
                     try:
                         fn(inputs[name])
-                        warm = _sample(fn, inputs[name], 1)
+                        # the fastest of a few calls: one call can be preempted on a busy machine
+                        warm = min(_sample(fn, inputs[name], 1) for _ in range(3))
                     except Exception as exc:  # noqa: BLE001
                         row.update(status="skipped", reason=f"{type(exc).__name__}: {exc}"[:300])
                         live.pop(name)

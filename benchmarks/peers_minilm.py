@@ -85,8 +85,9 @@ def torchao_int4_cpu(ctx: Context):
 
 def torch_ao_dynamic_int8(ctx: Context):
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-    if "x86" not in torch.backends.quantized.supported_engines:
-        raise RuntimeError(f"no x86 quantized engine (have {torch.backends.quantized.supported_engines})")
+    engines = torch.backends.quantized.supported_engines
+    if "x86" not in engines:
+        raise RuntimeError(f"no x86 quantized engine in this torch build (has {engines})")
     torch.backends.quantized.engine = "x86"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao's deprecation notice
