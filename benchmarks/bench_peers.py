@@ -155,12 +155,13 @@ def markdown(r: dict) -> str:
                   "ratio of medians, and in brackets ratio of minima (on a loaded machine the "
                   "minimum is the better estimate of an undisturbed call); "
                   "`torch._int_mm alone` is the int8 GEMM without quantizing the input or "
-                  "rescaling the output.", ""]
+                  "rescaling the output. load: the 1-minute load average when the row was "
+                  "timed (above the thread count, other processes shared the cores).", ""]
         methods = list(dict.fromkeys(x["method"] for x in r["linear"]))
         skipped = {}
         for shape in dict.fromkeys(x["shape"] for x in r["linear"]):
-            lines += [f"### {shape}", "", "| M | float32 ms | " + " | ".join(methods[1:]) + " |",
-                      "|---" * (len(methods) + 1) + "|"]
+            lines += [f"### {shape}", "", "| M | load | float32 ms | " + " | ".join(methods[1:])
+                      + " |", "|---" * (len(methods) + 2) + "|"]
             rows = [x for x in r["linear"] if x["shape"] == shape]
             for m in dict.fromkeys(x["M"] for x in rows):
                 at = {x["method"]: x for x in rows if x["M"] == m}
@@ -174,8 +175,9 @@ def markdown(r: dict) -> str:
                         cells.append("skipped")
                         skipped.setdefault(f"{name}: {x['reason']}", []).append(f"{shape} M={m}")
                 f32 = at["float32"]
-                lines.append(f"| {m} | {_f(f32.get('median_s', 0) * 1e3, '.3f')} | "
-                             + " | ".join(cells) + " |")
+                lines.append(f"| {m} | {_f(f32.get('load_1min'), '.1f')} | "
+                             f"{_f(f32.get('median_s', 0) * 1e3, '.3f')} | " + " | ".join(cells)
+                             + " |")
             lines.append("")
         if skipped:
             lines += ["Skipped:", ""] + [f"- {k} ({', '.join(v)})" for k, v in skipped.items()]

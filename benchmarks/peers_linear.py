@@ -10,6 +10,7 @@ reported as the median and minimum over rounds, and as float32's median divided 
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import time
 import warnings
@@ -130,8 +131,9 @@ def run_linear(shapes, rows, rounds: int, sample_s: float) -> list[dict]:
                     for name, fn in live.items():
                         times[name].append(_sample(fn, inputs[name], iters))
                 f32 = statistics.median(times["float32"])
+                load = os.getloadavg()[0]  # how busy the machine was while these were timed
                 for name in live:
                     med = statistics.median(times[name])
                     notes[name].update(status="ok", median_s=med, min_s=min(times[name]),
-                                       iters=iters, speed_vs_float32=f32 / med)
+                                       iters=iters, speed_vs_float32=f32 / med, load_1min=load)
     return out
