@@ -60,7 +60,7 @@ def layer_methods(linear: nn.Linear) -> dict[str, Callable[[torch.Tensor], torch
     calib = [torch.randn(32, k)]
     for preset in LOWBIT:
         try:
-            qmodel, _ = lowbit.quantize_model(nn.Sequential(linear), preset, calib)
+            qmodel, _ = lowbit.quantize_model(nn.Sequential(linear).eval(), preset, calib)
             methods[f"lowbit {preset}"] = qmodel
         except Exception as exc:  # noqa: BLE001
             methods[f"lowbit {preset}"] = exc
