@@ -7,8 +7,9 @@
     y = lin(x, m.bias)                              # y.dtype == x.dtype
     LayerRecord(name, "Linear", "quantized", **lin.record_fields())  # kernel + reason
 
-Preparing plans the kernel for every row count (:func:`~lowbit.kernels.dispatch.plan`) and
-packs the weight once for the integer kernels of the plan.  A dense (float) weight, used
+Preparing makes the plan (:func:`~lowbit.kernels.dispatch.plan`; with ``auto`` each row
+bucket is decided on its first call) and packs the weight once for each integer kernel the
+plan runs.  A dense (float) weight, used
 where a float GEMM is the fastest path, is built at the first call that needs it and kept
 (``N·K`` floats: with many rows a quantized layer then holds more bytes than the float one;
 ``keep_dense=False`` trades that memory back for a dequantization per call);
@@ -16,9 +17,9 @@ where a float GEMM is the fastest path, is built at the first call that needs it
 rows ``M = x.numel() / K`` and runs the plan's kernel for ``M``.
 
 Accuracy: every path computes ``F.linear(fake_quant(x), dequantize(w)) + bias``.  Integer
-paths accumulate exactly; bfloat16 paths round inputs, weights and outputs to bfloat16
-(relative 2⁻⁹ each, about 0.1–0.3 % of the output), which the tests hold within 1.5× of the
-quantization error the layer already has (about 1 % for int8, 5–10 % for int4).
+paths accumulate exactly; a path computes in bfloat16 only for bfloat16 inputs (or when
+forced), rounding inputs, weights and outputs to bfloat16 (relative 2⁻⁹ each), which the
+tests hold within 1.5× of the quantization error the layer already has.
 """
 
 from __future__ import annotations

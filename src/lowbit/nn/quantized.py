@@ -19,15 +19,16 @@ module's outputs.
 
 Kernels (``QuantizedLinear``): ``requested_kernel_path`` (default ``"auto"``; set it with
 :meth:`QuantizedModule.set_kernel_path` or :func:`set_kernel_path` for a whole model)
-runs the layer on :func:`lowbit.kernels.prepare_linear` when its formats are ones the kernels
-take (int8 per-channel weights or ≤4-bit weights grouped along the input dim; input float,
-dynamic int8 per-token affine, or static int8 per-tensor).  The prepared kernel is built at
-the first forward and cached as a plain attribute (never in ``state_dict``); it is rebuilt
-when ``qdata``/``scale``/``zero_point``/the input qparams change (new tensors, in-place
-writes, ``load_state_dict``, ``.to()``).  Other formats, conv and embedding layers keep the
-reference forward; ``kernel_path``, ``kernel`` and ``kernel_reason`` say what runs and why (and
+runs the layer through :func:`lowbit.kernels.prepare_linear` on the plan the layer makes once
+(:meth:`QuantizedLinear.kernel_plan`): the kernel registry decides which integer kernels take
+its formats, ``auto`` times them against the float path per row count on first use (cached
+on disk), and formats no integer kernel takes run the float path.  The prepared kernel is
+cached as a plain attribute (never in ``state_dict``) and rebuilt when
+``qdata``/``scale``/``zero_point``/the input qparams change (new tensors, in-place writes,
+``load_state_dict``, ``.to()``).  Conv and embedding layers keep the reference forward;
+``kernel_path``, ``kernel`` and ``kernel_reason`` say what runs and why (and
 ``lowbit.model.convert`` copies them into the layer's record).  Kernel outputs match the
-reference within the bfloat16 rounding the kernels add (see :mod:`lowbit.kernels.linear`).
+reference up to float summation order (integer kernels accumulate exactly).
 
 Build them with ``from_qat`` (after calibration), ``from_float``/``from_linear`` (weights
 quantized directly), or the constructor (zero placeholders, to ``load_state_dict`` into).

@@ -35,10 +35,11 @@ class QuantizedModule(nn.Module):
     # ------------------------------------------------------------------ kernels
 
     def set_kernel_path(self, path: str) -> "QuantizedModule":
-        """Choose how forward runs: ``"auto"`` (chosen per input size), ``"integer"``,
+        """Choose how forward runs: ``"auto"`` (measured per input size), ``"integer"``,
         ``"dense"`` or ``"reference"`` (dequantize + float op, bit-identical to fake-quant).
-        Layers or formats without kernels keep the reference path and say why
-        (``kernel_reason``)."""
+        Modules with no kernels wired (conv, embedding) keep the reference path and say why
+        (``kernel_reason``); a forced path a linear layer's formats cannot take raises
+        :class:`~lowbit.errors.KernelUnavailableError` when it plans."""
         self.requested_kernel_path = check_kernel_path(path)
         self._invalidate_kernel()
         return self
