@@ -17,8 +17,8 @@ where a float GEMM is the fastest path, is built at the first call that needs it
 rows ``M = x.numel() / K`` and runs the plan's kernel for ``M``.
 
 Accuracy: every path computes ``F.linear(fake_quant(x), dequantize(w)) + bias``.  Integer
-paths accumulate exactly; a path computes in bfloat16 only for bfloat16 inputs (or when
-forced), rounding inputs, weights and outputs to bfloat16 (relative 2⁻⁹ each), which the
+paths accumulate exactly; a path computes in bfloat16 only for bfloat16 inputs,
+rounding inputs, weights and outputs to bfloat16 (relative 2⁻⁹ each), which the
 tests hold within 1.5× of the quantization error the layer already has.
 """
 
