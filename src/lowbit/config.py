@@ -203,27 +203,27 @@ LEGACY_FQ_IMPLS = {"python": "reference", "cpp": "fused", "native": "fused",
 LEGACY_KERNEL_PATHS = {"native": "integer"}
 
 
+def _check_named(field: str, value: Any, choices: tuple, legacy: dict, fix: str) -> str:
+    if value not in choices:
+        if isinstance(value, str) and value in legacy:
+            fix += f"; {value!r} is the old name of {legacy[value]!r}"
+        raise ConfigError(field, value, f"one of {choices}", fix=fix)
+    return value
+
+
 def check_fq_impl(value: Any) -> str:
     """``value`` if it is one of :data:`FQ_IMPLS`, else :class:`ConfigError`."""
-    if value not in FQ_IMPLS:
-        hint = (f"; {value!r} is the old name of {LEGACY_FQ_IMPLS[value]!r}"
-                if isinstance(value, str) and value in LEGACY_FQ_IMPLS else "")
-        raise ConfigError("fq_impl", value, f"one of {FQ_IMPLS}",
-                          fix="'reference' (lowbit's autograd) or 'fused' (PyTorch's fused "
-                              f"fake-quant ops){hint}")
-    return value
+    return _check_named("fq_impl", value, FQ_IMPLS, LEGACY_FQ_IMPLS,
+                        "'reference' (lowbit's autograd) or 'fused' (PyTorch's fused "
+                        "fake-quant ops)")
 
 
 def check_kernel_path(value: Any) -> str:
     """``value`` if it is one of :data:`KERNEL_PATHS`, else :class:`ConfigError`."""
-    if value not in KERNEL_PATHS:
-        hint = (f"; {value!r} is the old name of {LEGACY_KERNEL_PATHS[value]!r}"
-                if isinstance(value, str) and value in LEGACY_KERNEL_PATHS else "")
-        raise ConfigError("kernel_path", value, f"one of {KERNEL_PATHS}",
-                          fix="'auto' chooses per input size and records why; force "
-                              "'integer' (integer kernels), 'dense' (float GEMM) or "
-                              f"'reference' (bit-identical to fake quantization){hint}")
-    return value
+    return _check_named("kernel_path", value, KERNEL_PATHS, LEGACY_KERNEL_PATHS,
+                        "'auto' measures per input size and records why; force 'integer' "
+                        "(integer kernels), 'dense' (float GEMM) or 'reference' "
+                        "(bit-identical to fake quantization)")
 
 
 def fq_impl_from_legacy(value: Any, field: str = "backend") -> str:

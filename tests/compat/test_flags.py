@@ -5,23 +5,12 @@ from __future__ import annotations
 import logging
 
 import pytest
-from torch import nn
 
 from lowbit.config import LayerConfig, QuantSpec
 from lowbit.errors import ConfigError
 from lowbit.compat import migrate_flags, recipe_from_flags
 from lowbit.recipe import ByRole, Recipe
-from lowbit.types import (PerChannel, PerTensor, PerToken, Scheme, int8, int16)
-
-W8 = QuantSpec(int8, Scheme.SYMMETRIC, PerChannel(0), method="minmax")
-A8_DYN = QuantSpec(int8, Scheme.AFFINE, PerToken(), dynamic=True)
-
-
-def _config_for(recipe: Recipe, module: nn.Module) -> LayerConfig | None:
-    found = recipe.match("layer", module, None)
-    assert found is not None, f"{recipe.name} must select a {type(module).__name__}"
-    return found[1]
-
+from lowbit.types import (PerChannel, PerTensor, Scheme, int8, int16)
 
 # ---------------------------------------------------------------------------- role flags
 

@@ -11,10 +11,8 @@ from lowbit.config import LayerConfig, QuantSpec
 from lowbit.errors import ConfigError
 from lowbit.compat import QuantizationConfig
 from lowbit.recipe import Recipe
-from lowbit.types import (PerChannel, PerGroup, PerTensor, PerToken, Scheme, int4, int8)
+from lowbit.types import (PerChannel, PerGroup, PerTensor, Scheme, int4, int8)
 
-W8 = QuantSpec(int8, Scheme.SYMMETRIC, PerChannel(0), method="minmax")
-A8_DYN = QuantSpec(int8, Scheme.AFFINE, PerToken(), dynamic=True)
 
 
 def _config_for(recipe: Recipe, module: nn.Module) -> LayerConfig | None:
