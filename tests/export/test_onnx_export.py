@@ -60,8 +60,16 @@ def minilm(tmp_path_factory):
 
 @pytest.mark.parametrize("recipe", MINILM_RECIPES)
 def test_minilm_in_onnx_runtime_matches_lowbit_at_other_batch_sizes(minilm, recipe):
+    """The ONNX graph holds lowbit's quantization arithmetic, so it is held against the
+    converted model's reference path (the definition): a kernel this machine measured
+    faster computes the same products in another order, which flips a few rounding
+    decisions of the next layers' activation grids and would add its own noise here."""
+    import copy
+
+    from lowbit.nn import set_kernel_path
     example, checks, exported = minilm
     qmodel, result = exported[recipe]
+    qmodel = set_kernel_path(copy.deepcopy(qmodel), "reference")
     assert result.exporter == "dynamo" and result.exporter_fallback is None
     assert not result.fallbacks, "int8 weights and activations need no fallback"
     for batch in checks:

@@ -216,8 +216,11 @@ def test_causal_core_stays_causal_after_int4_ptq():
     changed[:, 100:] += 5.0
     with torch.no_grad():
         a, b = model(v), model(changed)
-    assert torch.equal(a[:, :100], b[:, :100])
-    assert not torch.equal(a[:, 100:], b[:, 100:])
+    # exact in the reference arithmetic; an int4 kernel dequantizes with a float zero point,
+    # so a weight that is 0 may come out as a float rounding residue (relative ~1e-7)
+    scale = float(a.abs().max())
+    assert float((a[:, :100] - b[:, :100]).abs().max()) <= 1e-6 * scale
+    assert float((a[:, 100:] - b[:, 100:]).abs().max()) > 1e-3 * scale
     # the non-causal recipe's per-row ranges would see the later positions
     leaky = _calibrated("ptq_int4", n_batches=2, core=BirmanSchwingerCore(N, causal=True))
     leaky.net = lowbit.prepare(lowbit.to_float(leaky.net), birman_schwinger_recipe("ptq_int4"))
@@ -225,7 +228,8 @@ def test_causal_core_stays_causal_after_int4_ptq():
     leaky(v)
     leaky.end_calibration()
     with torch.no_grad():
-        assert not torch.equal(leaky(v)[:, :100], leaky(changed)[:, :100])
+        leak = float((leaky(v)[:, :100] - leaky(changed)[:, :100]).abs().max())
+    assert leak > 1e-3 * scale
 
 
 def test_quantized_net_saves_and_loads(tmp_path):
