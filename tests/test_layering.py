@@ -57,6 +57,7 @@ LAYER_MAP: list[tuple[str, int]] = [
     # L6: algorithms and mixed-precision search
     ("algorithms/*", 6),
     ("search/*", 6),
+    ("workflow.py", 6),
     # L7: read-only consumers
     ("report/*", 7),
     ("export/*", 7),

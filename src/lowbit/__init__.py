@@ -11,7 +11,7 @@ from .errors import (CheckpointError, ConfigError, ExportError, InputError,
                      KernelUnavailableError, LowbitError, StateError)
 from .export import ExportResult, export_onnx, onnx_info, validate_onnx
 from .model import (PTQPipeline, calibrate, convert, estimate_model_size, find_roles,
-                    lowbit_state, prepare, qat_finetune, quantize_model, to_float)
+                    lowbit_state, prepare, qat_finetune, to_float)
 from .model.checkpoint import load, save
 from .nn import (QuantConv1d, QuantConv2d, QuantEmbedding, QuantizedConv1d, QuantizedConv2d,
                  QuantizedEmbedding, QuantizedLinear, QuantLinear, TensorQuantizer)
@@ -28,6 +28,8 @@ from .primitives.simple import (calculate_quantization_error, dequantize, quanti
 from .recipe import AnyModule, ByName, ByRole, ByType, Recipe, Rule, load_recipe
 from .records import LayerRecord
 from .report import ComparisonResult, compare
+from .workflow import quantize_model
+from .algorithms import ALGORITHMS, GPTQ
 from .types import (Granularity, PerChannel, PerGroup, PerTensor, PerToken, QParams, QType,
                     Scheme, int2, int3, int4, int5, int6, int7, int8, int9, int10, int11, int12,
                     int13, int14, int15, int16, qtype_from_name, uint2, uint3, uint4, uint5, uint6,

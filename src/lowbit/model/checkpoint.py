@@ -142,7 +142,8 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
                 "lowbit_version": __version__, "recipe": state.recipe.to_dict(),
                 "backend": state.backend, "stage": _stage(model), "layers": _layers(model),
                 "records": [r.to_dict() for r in state.records],
-                "roles": _roles_dict(state.roles), "observers": observers}
+                "roles": _roles_dict(state.roles), "observers": observers,
+                "algorithms": list(getattr(state, "algorithms", []))}
     tag = uuid.uuid4().hex
     tmp_weights = directory / f".weights-{tag}.tmp"
     tmp_manifest = directory / f".manifest-{tag}.tmp"
@@ -309,6 +310,7 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     attach(model, configs, recipe, manifest["backend"], [], _roles(manifest.get("roles")))
     state = lowbit_state(model)
     state.records = records  # as saved (attach would re-annotate them)
+    state.algorithms = list(manifest.get("algorithms", []))  # layer-wise algorithms applied
     for name, entry in manifest["layers"].items():
         if entry["kind"] == "quantized":
             qat = model.get_submodule(name)
