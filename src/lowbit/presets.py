@@ -11,6 +11,8 @@ Presets (``PRESETS``, :func:`preset`, :func:`describe_presets`):
 ``w4a8``                  int4 symmetric grouped weights, int8 affine per-token dynamic acts
 ``int16-fixed88``         Q8.8: int16 fixed point with 8 fractional bits (scale 1/256)
 ``int16``                 int16 symmetric per-channel weights, per-tensor calibrated acts
+``w4a16-g64``             int4 affine weights in groups of 64 input features, weights only
+``w3a16-g64``             int3 affine weights in groups of 64 input features, weights only
 ========================  ===================================================================
 
 Compatibility with other tools' configurations:
@@ -31,7 +33,8 @@ from typing import Any, Mapping
 from .config import LayerConfig, QuantSpec, parse_method
 from .errors import ConfigError, check_choice, check_int_range
 from .recipe import ByRole, ByType, Recipe, Rule
-from .types import PerChannel, PerGroup, PerTensor, PerToken, QType, Scheme, int4, int8, int16
+from .types import (PerChannel, PerGroup, PerTensor, PerToken, QType, Scheme, int3, int4, int8,
+                    int16)
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +74,10 @@ _DESCRIPTIONS = {
             "Embedding weight-only int8",
     "int16-fixed88": "Q8.8 fixed point: int16 with scale 1/256 for weights and activations",
     "int16": "int16 per-channel symmetric weights + int16 per-tensor calibrated activations",
+    "w4a16-g64": "int4 affine weights in groups of 64 input features (LLMs; pair with GPTQ); "
+                 "activations stay float; Embedding weight-only int8",
+    "w3a16-g64": "int3 affine weights in groups of 64 input features (pair with GPTQ); "
+                 "activations stay float; Embedding weight-only int8",
 }
 
 PRESETS: dict[str, Recipe] = {
@@ -86,6 +93,10 @@ PRESETS: dict[str, Recipe] = {
     "int16-fixed88": _linear_conv("int16-fixed88", LayerConfig(_Q88, _Q88)),
     "int16": _linear_conv("int16", LayerConfig(
         _weight(int16), QuantSpec(qtype=int16, scheme=Scheme.SYMMETRIC, granularity=PerTensor()))),
+    "w4a16-g64": _linear_conv("w4a16-g64", LayerConfig(
+        _weight(int4, Scheme.AFFINE, PerGroup(64, axis=1)), None), LayerConfig(_W8, None)),
+    "w3a16-g64": _linear_conv("w3a16-g64", LayerConfig(
+        _weight(int3, Scheme.AFFINE, PerGroup(64, axis=1)), None), LayerConfig(_W8, None)),
 }
 assert set(PRESETS) == set(_DESCRIPTIONS)
 

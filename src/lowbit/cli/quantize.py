@@ -3,8 +3,10 @@
 ``lowbit quantize --model SPEC --recipe NAME|FILE --out_dir DIR`` (or the role flags of
 seed 000 instead of --recipe). Writes ``DIR/calibrated`` (fake-quant: float weights,
 ranges and observer state — can be re-calibrated or fine-tuned), ``DIR/quantized``
-(integer storage), ``DIR/records.json`` and ``DIR/summary.json``. Without --recipe and
-role flags the example's own recipe is used (``w8a8-static`` for digits, ``w8a8`` otherwise).
+(integer storage), ``DIR/records.json`` and ``DIR/summary.json``. ``--algo gptq`` runs
+layer-wise algorithms block by block after calibration (the checkpoints' manifests record
+them). Without --recipe and role flags the example's own recipe is used (``w8a8-static`` for
+digits, ``w8a8`` otherwise).
 How the flags combine: :mod:`lowbit.cli.flags`.
 """
 
@@ -27,6 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "int16-fixed88, int16) or a JSON/YAML recipe file (default: "
                              "w8a8-static for digits, w8a8 otherwise)")
     parser.add_argument("--out_dir", required=True, help="output directory")
+    parser.add_argument("--algo", default=None,
+                        help="layer-wise algorithms run block by block after calibration, "
+                             "comma-separated, e.g. gptq (registered: "
+                             "lowbit.algorithms.ALGORITHMS)")
     add_quant_flags(parser)
 
 
@@ -47,19 +53,21 @@ def run(args: argparse.Namespace) -> int:
             recipe = load_recipe(args.recipe)
         except ConfigError as exc:
             raise FlagError("--recipe", args.recipe, exc.allowed, fix=exc.fix) from None
+    algorithms = _algorithms(args.algo)
     example = load_example(args.model)
     if recipe is None:
         recipe = load_recipe(example.default_recipe)
     if args.calib_method is not None and not uses_role_flags(args):
         recipe = with_calib_method(recipe, args.calib_method)
     out = quantize_example(example, recipe, backend=backend_of(args),
-                           max_batches=args.quant_calib_batches)
+                           max_batches=args.quant_calib_batches, algorithms=algorithms)
     float_score = example.score(example.model)
     out_dir = Path(args.out_dir)
     ckpt.save(out.fake_quant, out_dir / "calibrated")
     ckpt.save(out.model, out_dir / "quantized")
     write_json(out_dir / "records.json", [r.to_dict() for r in out.records])
     summary = {"model": args.model, "recipe": out.recipe, "backend": backend_of(args),
+               "algorithms": [a.to_dict() for a in algorithms],
                "calib_batches": out.calib_batches,
                "metric": example.metric, "float": float_score, "quantized": out.score,
                "change_vs_float": out.score - float_score, **out.size}
@@ -70,3 +78,13 @@ def run(args: argparse.Namespace) -> int:
           f"{out.size['quantized_bytes']} bytes ({out.size['compression_ratio']:.2f}x)")
     print(f"wrote {out_dir}/calibrated, {out_dir}/quantized, records.json, summary.json")
     return 0
+
+
+def _algorithms(text: str | None) -> list:
+    """The algorithms ``--algo`` names (checked before any model is loaded)."""
+    from lowbit.algorithms import parse_algorithms
+
+    try:
+        return parse_algorithms(text)
+    except ConfigError as exc:
+        raise FlagError("--algo", text, exc.allowed, fix="e.g. --algo gptq") from None
