@@ -24,6 +24,7 @@ kernels treat a GPTQ layer like any other.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -157,15 +158,8 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec, 
         W1 = W[:, i1:i2].clone()  # [O, B]
         E1 = torch.zeros_like(W1)
         U1 = U[i1:i2, i1:i2]  # [B, B]
-        for i in range(i2 - i1):
-            w = W1[:, i]  # [O]
-            s, z = scale[:, i1 + i], zero[:, i1 + i]
-            q = torch.clamp(torch.round(w.float() * (1.0 / s)) + z, qtype.qmin, qtype.qmax)
-            dq = ((q - z) * s).to(dtype)  # [O]
-            Q[:, i1 + i] = dq
-            err = (w - dq) / U1[i, i]
-            W1[:, i:] -= err.unsqueeze(1) * U1[i, i:].unsqueeze(0)
-            E1[:, i] = err
+        with _one_thread():  # vector ops of O elements: threads cost more than they give
+            _quantize_columns(W1, E1, U1, Q[:, i1:i2], scale[:, i1:i2], zero[:, i1:i2], qtype)
         W[:, i2:] -= E1 @ U[i1:i2, i2:]
     if perm is not None:
         Q = Q[:, torch.argsort(perm)]
@@ -173,6 +167,30 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec, 
         qp = QParams(torch.stack(group_scales, 1), torch.stack(group_zeros, 1).to(torch.int32),
                      qtype, (1, group))
     return GPTQResult(Q.float(), qp, used, retries)
+
+
+@contextlib.contextmanager
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _quantize_columns(W1, E1, U1, Q1, scale, zero, qtype) -> None:
+    """Quantize the columns of one lazy block in order (eq. 3-4), in place: ``W1 [O, B]``
+    updated weights, ``E1`` the scaled errors, ``Q1`` the dequantized result."""
+    for i in range(W1.shape[1]):
+        w = W1[:, i]  # [O]
+        s, z = scale[:, i], zero[:, i]
+        q = torch.clamp(torch.round(w.float() * (1.0 / s)) + z, qtype.qmin, qtype.qmax)
+        dq = ((q - z) * s).to(W1.dtype)  # [O]
+        Q1[:, i] = dq
+        err = (w - dq) / U1[i, i]
+        W1[:, i:] -= err.unsqueeze(1) * U1[i, i:].unsqueeze(0)
+        E1[:, i] = err
 
 
 def output_mse(delta: torch.Tensor, hessian: torch.Tensor) -> float:
