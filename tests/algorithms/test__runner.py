@@ -9,6 +9,8 @@ from lowbit.errors import ConfigError
 
 from .toy import Toy, batches
 
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: one thread is faster
+
 
 def _float_block_inputs(model, data):
     """What each block receives in the float model: (hidden, mask) per block per batch."""

@@ -18,6 +18,8 @@ from lowbit.types import PerChannel, PerGroup, Scheme, int3, int4
 
 from .toy import Toy, batches
 
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: one thread is faster
+
 
 def _correlated(n, k, seed):
     """Inputs with strongly correlated features (as real activations have)."""

@@ -11,7 +11,7 @@ division is folded into the producer of ``x`` when that is exact:
   ``1/s`` into ``weight`` and ``bias``.
 
 A fold is kept only if the block's float output is unchanged (relative error ≤ ``tol`` on the
-first captured call, weight fake-quant off); otherwise it is undone, so a producer whose output
+first captured call, fake quantization off); otherwise it is undone, so a producer whose output
 has other consumers (a residual stream, a layer outside the group) is never changed silently.
 Groups without a foldable producer are left as they are and reported.
 """
@@ -109,8 +109,8 @@ def _dtype(module: nn.Module) -> torch.dtype | None:
 
 
 def _float_output(ctx) -> torch.Tensor:
-    quantizers = [m.weight_quantizer for _, m in ctx.layers(QuantLinear)
-                  if m.weight_quantizer is not None]
+    quantizers = [q for _, m in ctx.layers() if hasattr(m, "quantizers")
+                  for q in m.quantizers()]
     enabled = [q.enabled for q in quantizers]
     for q in quantizers:
         q.enabled = False
