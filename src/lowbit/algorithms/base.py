@@ -58,10 +58,9 @@ def make_algorithm(spec: Any) -> Algorithm:
     "damp": 0.01}``) or an :class:`Algorithm` instance (returned as it is)."""
     if isinstance(spec, Algorithm):
         return spec
-    if isinstance(spec, str):
-        spec = {"name": spec.strip().lower()}
-    if isinstance(spec, Mapping) and spec.get("name") in ALGORITHMS:
-        return ALGORITHMS[spec["name"]].from_dict(spec)
+    data = {"name": spec.strip().lower()} if isinstance(spec, str) else spec
+    if isinstance(data, Mapping) and data.get("name") in ALGORITHMS:
+        return ALGORITHMS[data["name"]].from_dict(data)
     raise ConfigError("algorithm", spec, f"a name in {sorted(ALGORITHMS)}, a dict with one of "
                       "them as 'name', or an algorithm object",
                       fix="e.g. algorithms=['gptq'] or [lowbit.GPTQ(damp=0.01)]")

@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="digits, minilm, hf:PATH (local Hugging Face dir) or module:function")
     parser.add_argument("--recipe", default=None,
                         help="preset name (w8a8, w8a8-static, w8a16, w4a16-g128, w4a8, "
-                             "int16-fixed88, int16) or a JSON/YAML recipe file (default: "
+                             "int16-fixed88, int16, w4a16-g64, w3a16-g64) or a JSON/YAML "
+                             "recipe file (default: "
                              "w8a8-static for digits, w8a8 otherwise)")
     parser.add_argument("--out_dir", required=True, help="output directory")
     parser.add_argument("--algo", default=None,
