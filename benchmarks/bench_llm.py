@@ -127,7 +127,7 @@ def main() -> None:
 
 def markdown(r: dict) -> str:
     m = r["machine"]
-    lines = [f"# SmolLM2-135M perplexity: RTN vs GPTQ\n",
+    lines = ["# SmolLM2-135M perplexity: RTN vs GPTQ\n",
              f"CPU: {m['cpu']} ({m['cpu_count']} cores, torch threads {m['torch_threads']}, "
              f"flags {' '.join(m['flags'])}, load average {m['loadavg_1_5_15']}); "
              f"torch {m['torch']}.\n",
