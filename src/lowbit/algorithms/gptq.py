@@ -19,7 +19,10 @@ from the weights updated so far (``static_groups=True`` computes them up front i
 
 The result is what lowbit's convert stores: the weight becomes exactly the dequantized codes
 ``(q − z)·s`` and the layer's weight quantizer holds ``(s, z)``, so convert, checkpoints and
-kernels treat a GPTQ layer like any other.
+kernels treat a GPTQ layer like any other (exactly for float32 weights; a bfloat16 weight
+cannot hold every ``(q − z)·s``, so convert may re-round a few codes).  Within one block the
+Hessians of all layers come from one pass over the block with float weights; the block's
+quantized outputs then feed the next block.
 """
 
 from __future__ import annotations

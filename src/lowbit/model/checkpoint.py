@@ -15,6 +15,7 @@ Manifest, format v1::
     records         [LayerRecord.to_dict(), ...]
     roles           the RoleMap's fields, or null
     observers       {quantizer path: {"method", "n_observed", "observing"}}
+    algorithms      [algorithm config dicts] applied block by block (absent or [] for none)
     weights_file, weights_sha256, weights_bytes
 
 The weights file holds the model's ``state_dict`` and, under ``__observer__/<quantizer
