@@ -16,7 +16,9 @@ the 30 decoder layers run block by block, the embedding and LM head are plain ro
 both), each converted to integer storage and evaluated; the rise over float perplexity, GPTQ's
 rise as a fraction of RTN's, and the wall time of each quantization (same run, same machine).
 
-Writes ``benchmarks/results/llm.json`` and ``llm.md``.
+``--keep-float lm_head`` keeps the (tied) LM head float in every variant.
+
+Writes ``benchmarks/results/llm.json`` and ``llm.md`` (``--out`` changes the stem).
 
     python benchmarks/bench_llm.py [--calib 16 --calib-len 256 --eval-tokens 8192]
 """
@@ -63,6 +65,9 @@ def main() -> None:
     parser.add_argument("--eval-tokens", type=int, default=8192)
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--recipes", default=",".join(RECIPES))
+    parser.add_argument("--keep-float", default=None,
+                        help="fnmatch pattern of layers kept float in every variant, e.g. "
+                             "lm_head (the recipe's name gets '+float:<pattern>')")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's own choice)")
     parser.add_argument("--out", default=str(RESULTS / "llm"))
@@ -86,8 +91,15 @@ def main() -> None:
     float_ppl = ppl(model)
     eval_s = time.perf_counter() - t0
     rows = []
-    for recipe in args.recipes.split(","):
-        row = {"recipe": recipe}
+    for recipe_name in args.recipes.split(","):
+        recipe = recipe_name
+        if args.keep_float:
+            from lowbit.recipe import ByName, Rule
+
+            base = lowbit.load_recipe(recipe_name)
+            recipe = lowbit.Recipe((Rule(ByName(args.keep_float), None),) + tuple(base.rules),
+                                   f"{recipe_name}+float:{args.keep_float}")
+        row = {"recipe": recipe if isinstance(recipe, str) else recipe.name}
         for label, algos in (("rtn", None), ("gptq", ["gptq"])):
             t0 = time.perf_counter()
             qmodel, records = lowbit.quantize_model(model, recipe, calib, algorithms=algos)
