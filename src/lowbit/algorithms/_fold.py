@@ -57,7 +57,7 @@ def find_input_groups(ctx) -> list[InputGroup]:
     seen: list[tuple[str, int]] = []  # (layer name, id of its input) in call order
     calls: list[dict[str, torch.Tensor]] = []
     current: dict[str, torch.Tensor] = {}
-    keep: list[torch.Tensor] = []  # keeps tensors alive so that ids stay unique in a call
+    keep: list[torch.Tensor] = []  # keeps one call's tensors alive: their ids stay unique
 
     def out_hook(module, _args, out):
         if isinstance(out, torch.Tensor) and id(module) in names_of:
@@ -85,6 +85,7 @@ def find_input_groups(ctx) -> list[InputGroup]:
                 ctx.module(*args, **kwargs)
                 calls.append(current)
                 outputs.clear()
+                keep.clear()  # ids of the first call are already recorded in `seen`
     finally:
         for h in handles:
             h.remove()
