@@ -57,6 +57,7 @@ LAYER_MAP: list[tuple[str, int]] = [
     # L6: algorithms and mixed-precision search
     ("algorithms/*", 6),
     ("search/*", 6),
+    ("workflow.py", 6),
     # L7: read-only consumers
     ("report/*", 7),
     ("export/*", 7),
@@ -66,9 +67,9 @@ LAYER_MAP: list[tuple[str, int]] = [
     ("compat/*", 8),
 ]
 
-#: Files under algorithms/ that every algorithm may import: the shared block runner and the
-#: base classes. Matched against the first path component under algorithms/.
-SHARED_ALGORITHM_HELPERS: tuple[str, ...] = ("_runner*", "base*")
+#: Files under algorithms/ that every algorithm may import: the shared block runner, the
+#: scale folding of AWQ/SmoothQuant and the base classes. Matched against the first path component under algorithms/.
+SHARED_ALGORITHM_HELPERS: tuple[str, ...] = ("_runner*", "_fold*", "base*")
 
 
 def layer_of(relpath: str) -> int | None:

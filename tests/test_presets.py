@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from lowbit.types import QType
 from torch import nn
 
 from lowbit.config import LayerConfig, QuantSpec
@@ -31,7 +32,7 @@ def test_describe_presets_lists_every_preset_once():
     described = describe_presets()
     assert [name for name, _ in described] == list(PRESETS)
     assert set(PRESETS) == {"w8a8", "w8a8-static", "w8a16", "w4a16-g128", "w4a8",
-                            "int16-fixed88", "int16"}
+                            "int16-fixed88", "int16", "w4a16-g64", "w3a16-g64"}
     for name, text in described:
         assert text and "\n" not in text, f"{name}: a one-line description"
         assert PRESETS[name].name == name and preset(name) is PRESETS[name]
@@ -67,6 +68,9 @@ def test_w4_presets_group_along_input_dimension():
     assert w4a16.weight.granularity.block_size((8, 256)) == (1, 128)
     w4a8 = _config_for(PRESETS["w4a8"], nn.Linear(256, 8))
     assert w4a8 == LayerConfig(QuantSpec(int4, Scheme.SYMMETRIC, PerGroup(128, axis=1)), A8_DYN)
+    for name, bits in (("w4a16-g64", 4), ("w3a16-g64", 3)):
+        config = _config_for(PRESETS[name], nn.Linear(576, 8))
+        assert config == LayerConfig(QuantSpec(QType(bits), Scheme.AFFINE, PerGroup(64, 1)), None)
 
 
 def test_int16_fixed88_has_scale_one_over_256():

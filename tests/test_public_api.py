@@ -110,7 +110,7 @@ def test_the_python_quickstart_runs(tmp_path, monkeypatch, capsys):
     torch.manual_seed(0)
     model = SmallCNN().eval()
     scope = {"model": model, "model_factory": SmallCNN}
-    exec(compile(quickstart_code("quantize_model("), "README.md", "exec"), scope)
+    exec(compile(quickstart_code("model_factory("), "README.md", "exec"), scope)
 
     qmodel, restored, records = scope["qmodel"], scope["restored"], scope["records"]
     assert {r.name for r in records} == {"conv", "head"}

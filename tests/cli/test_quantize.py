@@ -253,3 +253,19 @@ def test_recipes_that_are_not_recipes_are_exit_2_and_never_called(tmp_path, caps
                            "--recipe", recipe, "--out_dir", tmp_path / "o")
     assert_one_line_error(code, err, needle)
     assert not (tmp_path / "o").exists()
+
+
+def test_algo_gptq_runs_block_by_block_and_is_recorded(capsys, tmp_path, cli_env):
+    summary, records, _ = quantize(capsys, tmp_path / "g", "--recipe", "w8a16", "--algo", "gptq",
+                                   model="fixtures_models:tiny_blocks")
+    assert summary["algorithms"] == [lowbit.GPTQ().to_dict()]
+    assert "gptq_output_mse" in records["blocks.0.0"]["metrics"]
+    assert "gptq_output_mse" not in records["head"]["metrics"]
+    manifest = read_json(tmp_path / "g" / "quantized" / "manifest.json")
+    assert manifest["algorithms"][0]["name"] == "gptq"
+
+
+def test_algo_unknown_name_is_a_flag_error(capsys, tmp_path, cli_env):
+    code, _, err = run_cli(capsys, "quantize", "--model", "fixtures_models:tiny_blocks",
+                           "--out_dir", str(tmp_path), "--algo", "gptq,nope")
+    assert_one_line_error(code, err, "--algo", "gptq")

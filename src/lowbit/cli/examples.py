@@ -1,7 +1,8 @@
 """What the CLI quantizes: a model SPEC turned into a model, calibration data and a score.
 
 SPEC is a built-in example (``digits``, ``minilm``), ``hf:PATH`` (a local Hugging Face
-directory, scored by mean-pooled embedding cosine to the float model) or
+directory: a causal LM is scored by perplexity on held-out pydoc text, an encoder by
+mean-pooled embedding cosine to the float model) or
 ``module:function`` (the function returns a model, ``(model, calib_data)`` or
 ``(model, calib_data, eval_fn)`` where ``eval_fn(model) -> float``).
 """
@@ -87,10 +88,45 @@ def minilm(n_sentences: int = 128, calib_batches: int = 4) -> Example:
                            f"over {n_sentences} pydoc sentences")
 
 
+def _is_causal_lm(path: str) -> bool:
+    import json
+    from pathlib import Path
+
+    try:
+        config = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return any(str(a).endswith("ForCausalLM") for a in config.get("architectures") or ())
+
+
+def hf_causal_lm(path: str, calib: int = 8, calib_len: int = 128,
+                 eval_tokens: int = 2048) -> Example:
+    """A local Hugging Face causal LM (config.json names a ``*ForCausalLM``); score =
+    perplexity on held-out pydoc text (lower is better), calibration on the other topics."""
+    import os
+
+    from lowbit.zoo._deps import require
+    from lowbit.zoo.smollm2 import calibration_batches, perplexity, pydoc_split, token_ids
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    transformers = require("transformers", "--model hf:PATH")
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    model.config.use_cache = False
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    held = token_ids(tokenizer, pydoc_split()[1])[:eval_tokens]
+    return Example(f"hf:{path}", model, calibration_batches(tokenizer, calib, calib_len),
+                   lambda m: perplexity(m, held, 512), "perplexity", "w4a16-g64",
+                   f"local Hugging Face causal LM; score = perplexity (lower is better) on "
+                   f"{held.numel()} held-out pydoc tokens")
+
+
 def hf_directory(path: str, n_sentences: int = 64) -> Example:
-    """A local Hugging Face encoder directory, mean pooled; score = cosine to float."""
+    """A local Hugging Face directory: a causal LM (scored by perplexity) or an encoder,
+    mean pooled (scored by cosine to float)."""
     from lowbit.zoo.minilm import load_minilm, pydoc_sentences, tokenize_batches
 
+    if _is_causal_lm(path):
+        return hf_causal_lm(path)
     try:
         model, tokenizer = load_minilm(path)  # any local encoder directory, mean pooled
     except ConfigError as exc:

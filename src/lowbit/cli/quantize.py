@@ -3,8 +3,10 @@
 ``lowbit quantize --model SPEC --recipe NAME|FILE --out_dir DIR`` (or the role flags of
 instead of --recipe). Writes ``DIR/calibrated`` (fake-quant: float weights,
 ranges and observer state — can be re-calibrated or fine-tuned), ``DIR/quantized``
-(integer storage), ``DIR/records.json`` and ``DIR/summary.json``. Without --recipe and
-role flags the example's own recipe is used (``w8a8-static`` for digits, ``w8a8`` otherwise).
+(integer storage), ``DIR/records.json`` and ``DIR/summary.json``. ``--algo gptq`` runs
+layer-wise algorithms block by block after calibration (the checkpoints' manifests record
+them). Without --recipe and role flags the example's own recipe is used (``w8a8-static`` for
+digits, ``w8a8`` otherwise).
 How the flags combine: :mod:`lowbit.cli.flags`.
 """
 
@@ -24,9 +26,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="digits, minilm, hf:PATH (local Hugging Face dir) or module:function")
     parser.add_argument("--recipe", default=None,
                         help="preset name (w8a8, w8a8-static, w8a16, w4a16-g128, w4a8, "
-                             "int16-fixed88, int16) or a JSON/YAML recipe file (default: "
+                             "int16-fixed88, int16, w4a16-g64, w3a16-g64) or a JSON/YAML "
+                             "recipe file (default: "
                              "w8a8-static for digits, w8a8 otherwise)")
     parser.add_argument("--out_dir", required=True, help="output directory")
+    parser.add_argument("--algo", default=None,
+                        help="layer-wise algorithms run block by block after calibration, "
+                             "comma-separated, e.g. gptq (registered: "
+                             "lowbit.algorithms.ALGORITHMS)")
     add_quant_flags(parser)
 
 
@@ -47,13 +54,14 @@ def run(args: argparse.Namespace) -> int:
             recipe = load_recipe(args.recipe)
         except ConfigError as exc:
             raise FlagError("--recipe", args.recipe, exc.allowed, fix=exc.fix) from None
+    algorithms = _algorithms(args.algo)
     example = load_example(args.model)
     if recipe is None:
         recipe = load_recipe(example.default_recipe)
     if args.calib_method is not None and not uses_role_flags(args):
         recipe = with_calib_method(recipe, args.calib_method)
     out = quantize_example(example, recipe, fq_impl=fq_impl_of(args),
-                           max_batches=args.quant_calib_batches)
+                           max_batches=args.quant_calib_batches, algorithms=algorithms)
     float_score = example.score(example.model)
     out_dir = Path(args.out_dir)
     ckpt.save(out.fake_quant, out_dir / "calibrated")
@@ -61,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     write_json(out_dir / "records.json", [r.to_dict() for r in out.records])
     n_quantized = sum(r.action == "quantized" for r in out.records)
     summary = {"model": args.model, "recipe": out.recipe, "fq_impl": fq_impl_of(args),
+               "algorithms": [a.to_dict() for a in algorithms],
                "calib_batches": out.calib_batches, "quantized_layers": n_quantized,
                "metric": example.metric, "float": float_score, "quantized": out.score,
                "change_vs_float": out.score - float_score, **out.size}
@@ -75,3 +84,13 @@ def run(args: argparse.Namespace) -> int:
               "float model")
     print(f"wrote {out_dir}/calibrated, {out_dir}/quantized, records.json, summary.json")
     return 0
+
+
+def _algorithms(text: str | None) -> list:
+    """The algorithms ``--algo`` names (checked before any model is loaded)."""
+    from lowbit.algorithms import parse_algorithms
+
+    try:
+        return parse_algorithms(text)
+    except ConfigError as exc:
+        raise FlagError("--algo", text, exc.allowed, fix="e.g. --algo gptq") from None

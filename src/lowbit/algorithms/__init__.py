@@ -1,0 +1,10 @@
+"""Layer-wise post-training algorithms, run block by block by one shared runner.
+
+Importing this package registers every built-in algorithm in :data:`ALGORITHMS`.
+"""
+
+from ._runner import BlockContext, BlockInputs, capture_block_inputs, find_blocks, run_blocks
+from .base import ALGORITHMS, Algorithm, make_algorithm, parse_algorithms, register_algorithm
+from .gptq import GPTQ, gptq_quantize
+from .awq import AWQ
+from .smoothquant import SmoothQuant
