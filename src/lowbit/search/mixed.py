@@ -165,7 +165,7 @@ def _call(model, batch):
 
 def search(model: nn.Module, candidates: Any, budget: Any, calib_data: Any,
            eval_fn: Callable[[nn.Module], float] | None = None, *,
-           higher_is_better: bool = True, sensitivity: str = "measured",
+           higher_is_better: bool = True, metric_name: str | None = None, sensitivity: str = "measured",
            groups: Sequence[Any] = (), max_batches: int | None = None,
            max_units: int = MAX_UNITS, n_probes: int = 4,
            progress: Callable[[str], None] | None = None) -> SearchResult:
@@ -194,7 +194,7 @@ def search(model: nn.Module, candidates: Any, budget: Any, calib_data: Any,
     float_costs = [sum(float_bytes(modules[n]) for n in g) for g in grouped]
     numel = sum(modules[n].weight.numel() for n in names)
     budget_bytes = budget.resolve(sum(float_costs), numel)
-    scorer = Scorer(model, batches, eval_fn, higher_is_better)
+    scorer = Scorer(model, batches, eval_fn, higher_is_better, metric_name)
     t1 = time.perf_counter()
     if sensitivity == "measured":
         losses = _measured_losses(model, cands, grouped, batches, scorer, batches[0], progress)

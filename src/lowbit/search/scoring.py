@@ -67,7 +67,7 @@ class Scorer:
 
     def __init__(self, float_model: nn.Module, batches: list,
                  eval_fn: Callable[[nn.Module], float] | None = None,
-                 higher_is_better: bool = True):
+                 higher_is_better: bool = True, metric_name: str | None = None):
         if eval_fn is not None and not callable(eval_fn):
             raise ConfigError("eval_fn", type(eval_fn).__name__, "a callable eval_fn(model) -> "
                               "float, or None", fix="pass e.g. eval_fn=lambda m: accuracy(m)")
@@ -77,7 +77,8 @@ class Scorer:
         self.batches = batches
         self.eval_fn = eval_fn
         self.higher_is_better = higher_is_better if eval_fn is not None else True
-        self.name = getattr(eval_fn, "__name__", "eval_fn") if eval_fn else DEFAULT_METRIC
+        default = getattr(eval_fn, "__name__", "") if eval_fn else DEFAULT_METRIC
+        self.name = metric_name or (default if default.isidentifier() else "metric")
         self._reference = None if eval_fn is not None else self.outputs(float_model)
         self.float_metric = self.metric(float_model)
 
