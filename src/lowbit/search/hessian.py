@@ -9,8 +9,8 @@ and one Hessian-vector product ``H v`` with ``v`` drawn over *all* layers at onc
 layer's term, because the cross blocks ``v_l^T H_lm v_m`` (l != m) have mean zero. ``H v`` is
 computed exactly by double back-propagation (``autograd``) or, for models whose operators
 have no second derivative, by central differences of gradients
-(``finite_difference``: ``(g(w + eps v) - g(w - eps v)) / 2 eps`` with ``eps`` per layer
-``1e-3 x`` the weights' RMS). ``method='auto'`` tries autograd and falls back.
+(``finite_difference``: ``(g(w + eps v) - g(w - eps v)) / 2 eps`` with ``eps`` ``1e-3 x``
+the RMS of all probed weights). ``method='auto'`` tries autograd and falls back.
 
 The loss is ``loss_fn(model, batch)`` when given (e.g. cross-entropy with labels), otherwise
 the mean squared error of the model's output to the float model's own output on the batch
@@ -80,7 +80,11 @@ def _grads(loss_fn, params):
 
 
 def _hvp_finite_difference(loss_fn, params, probes):
-    eps = [1e-3 * float(p.detach().float().pow(2).mean().sqrt()) or 1e-3 for p in params]
+    # one step for all layers, so that each probe estimates the same v^T H v as autograd
+    sq = sum(float(p.detach().double().pow(2).sum()) for p in params)
+    step = 1e-3 * math.sqrt(sq / sum(p.numel() for p in params)) or 1e-3
+    eps = [step] * len(params)
+    saved = [p.detach().clone() for p in params]
     out = []
     for v in probes:
         with torch.no_grad():
@@ -92,8 +96,8 @@ def _hvp_finite_difference(loss_fn, params, probes):
                 p.add_(vi, alpha=-2 * e)
         minus = _grads(loss_fn, params)
         with torch.no_grad():
-            for p, vi, e in zip(params, v, eps):
-                p.add_(vi, alpha=e)
+            for p, w in zip(params, saved):
+                p.copy_(w)  # exactly the weights we started from
         out.append([float((vi * (gp - gm)).sum()) / (2 * e)
                     for vi, gp, gm, e in zip(v, plus, minus, eps)])
     return out
@@ -106,7 +110,7 @@ def hutchinson_traces(model: nn.Module, weights: dict[str, torch.Tensor], batche
 
     ``n_probes`` Rademacher vectors per batch; the estimate is the mean over all
     ``n_probes x len(batches)`` terms and ``stderr`` its standard error. The model's weights
-    are the same before and after (finite differences add and remove the same step);
+    are the same before and after (finite differences restore a saved copy);
     ``requires_grad`` and training mode are restored.
     """
     if method not in METHODS:
