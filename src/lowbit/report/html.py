@@ -28,6 +28,12 @@ img{max-width:100%;border:1px solid #eee}.kv td{text-align:left}
 .worst{background:#fde9e7}
 """
 
+# Marks the page once loaded with how many of its images decoded (read by the browser test;
+# the page needs no script to be read).
+_SELF_CHECK = """<script>window.addEventListener('load',function(){var d=document.images,n=0;
+for(var i=0;i<d.length;i++){if(d[i].complete&&d[i].naturalWidth>0){n++;}}
+document.body.setAttribute('data-images-loaded',n+'/'+d.length);});</script>"""
+
 
 def _e(x) -> str:
     return html.escape(str(x))
@@ -139,7 +145,7 @@ def write_report(analysis: Analysis, out_dir: str | Path, title: str = "lowbit r
     if analysis.search:
         parts.append("<h2>Mixed-precision search</h2>" + _search(analysis.search)
                      + _img(paths["pareto"], "size versus quality"))
-    parts.append("</body></html>")
+    parts.append(_SELF_CHECK + "</body></html>")
     paths["html"] = out / "report.html"
     paths["html"].write_text("\n".join(parts), encoding="utf-8")
     return paths
