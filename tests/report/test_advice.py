@@ -40,3 +40,12 @@ def test_clip_saturation_granularity_and_unsigned():
     assert rules(items, "saturation") == ["sat"]
     assert rules(items, "granularity") == ["gran"]
     assert rules(items, "unsigned") == ["relu"]
+
+
+def test_one_fix_on_several_layers_is_one_item_with_each_layers_evidence():
+    relu = dict(observed_range=[0.0, 3.0], act_scheme=["symmetric", True])
+    items = advise([layer("a", **relu), layer("b", **relu), layer("c")], "m")
+    unsigned = [a for a in items if a["rule"] == "unsigned"]
+    assert len(unsigned) == 1
+    assert unsigned[0]["layer"] == "a, b" and set(unsigned[0]["evidence"]) == {"a", "b"}
+    assert unsigned[0]["message"].startswith("2 layers (a, b): inputs are never negative")

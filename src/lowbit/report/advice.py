@@ -32,7 +32,42 @@ def _fmt(x: float | None, unit: str = "", digits: int = 2) -> str:
 
 
 def advise(layers: list[dict], metric_name: str) -> list[dict]:
-    """Advice items ``{rule, layer, message, evidence}`` for the analysed ``layers``."""
+    """Advice items ``{rule, layer, message, evidence}`` for the analysed ``layers``; a rule
+    that fires with the same fix on several layers gives one item naming them all
+    (``layer`` then lists them, and ``evidence`` maps each layer to its numbers)."""
+    return merge(_per_layer(layers, metric_name))
+
+
+def merge(items: list[dict]) -> list[dict]:
+    """Join items of the same rule and ``fix`` into one (items without ``fix`` stay)."""
+    out: list[dict] = []
+    groups: dict[tuple, list[dict]] = {}
+    for item in items:
+        key = (item["rule"], item.get("fix"))
+        if item.get("fix") is None:
+            out.append(item)
+        elif key in groups:
+            groups[key].append(item)
+        else:
+            groups[key] = [item]
+            out.append(item)  # placeholder, replaced below
+    merged = []
+    for item in out:
+        group = groups.get((item["rule"], item.get("fix"))) if item.get("fix") else None
+        if not group or len(group) == 1:
+            merged.append(item)
+            continue
+        if item is not group[0]:
+            continue
+        names = [g["layer"] for g in group]
+        merged.append({"rule": item["rule"], "layer": ", ".join(names), "fix": item["fix"],
+                       "message": f"{len(names)} layers ({', '.join(names)}): "
+                                  f"{group[0]['summary']}: {item['fix']}",
+                       "evidence": {g["layer"]: g["evidence"] for g in group}})
+    return merged
+
+
+def _per_layer(layers: list[dict], metric_name: str) -> list[dict]:
     out: list[dict] = []
     alone = {l["name"]: l["sensitivity"].get("quantize_only") for l in layers}
     total = sum(v for v in alone.values() if v is not None and v > 0)
@@ -59,7 +94,9 @@ def advise(layers: list[dict], metric_name: str) -> list[dict]:
             gain = (alt[best] or -math.inf) - current
             if gain >= CLIP_GAIN_DB:
                 out.append({
-                    "rule": "clip", "layer": name,
+                    "rule": "clip", "layer": name, "fix": f"use {best}",
+                    "summary": f"activations calibrated with {layer['act_method']} lose "
+                               f"SQNR against {best}",
                     "message": f"{name}: activations calibrated with {layer['act_method']} give "
                                f"{_fmt(current, ' dB', 1)}; {best} gives "
                                f"{_fmt(alt[best], ' dB', 1)} (+{gain:.1f} dB): use {best}",
@@ -70,6 +107,8 @@ def advise(layers: list[dict], metric_name: str) -> list[dict]:
         if sat is not None and sat > SATURATION:
             out.append({
                 "rule": "saturation", "layer": name,
+                "fix": "widen the range (minmax, percentile:99.99 or mse)",
+                "summary": f"more than {SATURATION:.0%} of calibration activations saturate",
                 "message": f"{name} saturates {sat:.1%} of its calibration activations: widen "
                            "the range (minmax, percentile:99.99 or mse)",
                 "evidence": {"act_sat_ratio": sat, "clip_range": layer.get("clip_range"),
@@ -78,6 +117,9 @@ def advise(layers: list[dict], metric_name: str) -> list[dict]:
         if obs and obs[0] >= 0 and act is not None and tuple(act) == ("symmetric", True):
             out.append({
                 "rule": "unsigned", "layer": name,
+                "fix": "use Scheme.AFFINE (one more bit of resolution)",
+                "summary": "inputs are never negative but the activation grid is signed and "
+                           "symmetric, so half its codes go unused",
                 "message": f"{name}: inputs are never negative (observed [{obs[0]:.3g}, "
                            f"{obs[1]:.3g}]) but the activation grid is signed and symmetric, "
                            "so half its codes go unused: use Scheme.AFFINE (one more bit of "
@@ -86,7 +128,9 @@ def advise(layers: list[dict], metric_name: str) -> list[dict]:
         w, pc = layer.get("weight_sqnr_db"), layer.get("weight_sqnr_per_channel_db")
         if w is not None and pc is not None and pc - w >= GRANULARITY_GAIN_DB:
             out.append({
-                "rule": "granularity", "layer": name,
+                "rule": "granularity", "layer": name, "fix": "use PerChannel(0)",
+                "summary": f"per-tensor weights lose >= {GRANULARITY_GAIN_DB:g} dB against "
+                           "per-channel",
                 "message": f"{name}: per-tensor weights lose {pc - w:.1f} dB against "
                            "per-channel: use PerChannel(0)",
                 "evidence": {"per_tensor_db": w, "per_channel_db": pc}})
