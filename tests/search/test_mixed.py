@@ -95,3 +95,20 @@ def test_errors(batches):
         search(mlp(), CANDS, 100, batches)
     with pytest.raises(ConfigError, match="sensitivity"):
         search(mlp(), CANDS, "0.3x", batches, sensitivity="guess")
+
+
+def test_lowbit_search_is_the_search_function(batches):
+    direct = search(mlp(), CANDS, "0.25x", batches)
+    via_package = lowbit.search(mlp(), CANDS, "0.25x", batches)
+    assert via_package.assignment == direct.assignment
+
+
+def test_public_names():
+    import lowbit.search.knapsack as knapsack_module
+
+    from lowbit.search.mixed import search as search_function
+
+    assert callable(lowbit.search) and lowbit.search.__name__ == "lowbit.search"
+    assert knapsack_module is lowbit.search.knapsack  # still a package
+    assert lowbit.search.search is search_function
+    assert callable(lowbit.analyze) and lowbit.Budget(bits=4).bits == 4
