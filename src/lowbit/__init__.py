@@ -27,7 +27,7 @@ from .primitives.simple import (calculate_quantization_error, dequantize, quanti
                                 quantize_weight_per_channel)
 from .recipe import AnyModule, ByName, ByRole, ByType, Recipe, Rule, load_recipe
 from .records import LayerRecord
-from .report import Analysis, ComparisonResult, analyze, compare
+from .report import Analysis, ComparisonResult, analyze, compare, write_report
 from .types import (Granularity, PerChannel, PerGroup, PerTensor, PerToken, QParams, QType,
                     Scheme, int2, int3, int4, int5, int6, int7, int8, int9, int10, int11, int12,
                     int13, int14, int15, int16, qtype_from_name, uint2, uint3, uint4, uint5, uint6,

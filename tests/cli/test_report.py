@@ -49,3 +49,18 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys, cli_env, flags, needles
     code, _, err = run_cli(capsys, "report", "--model", "fixtures_models:tiny_mlp",
                            "--out_dir", tmp_path, *flags)
     assert_one_line_error(code, err, *needles)
+
+
+def test_quantize_writes_a_light_report_by_default_and_none_skips_it(tmp_path, capsys, cli_env):
+    code, out, err = run_cli(capsys, "quantize", "--model", "fixtures_models:tiny_mlp",
+                             "--recipe", "w8a8-static", "--out_dir", tmp_path / "a")
+    assert code == 0, err
+    data = read_json(tmp_path / "a" / "report" / "report.json")
+    assert data["recipe"]["name"] == "w8a8-static"
+    assert all(layer["sensitivity"] == {} for layer in data["layers"])  # light: no sweeps
+    assert (tmp_path / "a" / "report" / "report.html").is_file()
+    code, _, err = run_cli(capsys, "quantize", "--model", "fixtures_models:tiny_mlp",
+                           "--recipe", "w8a8-static", "--report", "none", "--out_dir",
+                           tmp_path / "b")
+    assert code == 0, err
+    assert not (tmp_path / "b" / "report").exists()

@@ -6,5 +6,6 @@ layer; :func:`write_report` (in :mod:`.html`, needs matplotlib) writes it as HTM
 
 from .analysis import Analysis, analyze
 from .comparison import ComparisonResult, ModelStats, compare
+from .html import write_report
 
-__all__ = ["Analysis", "ComparisonResult", "ModelStats", "analyze", "compare"]
+__all__ = ["Analysis", "ComparisonResult", "ModelStats", "analyze", "compare", "write_report"]
