@@ -136,3 +136,20 @@ def test_the_step_by_step_quickstart_runs():
         "w4a8 stores the head's weights as packed int4"
     with torch.no_grad():
         assert torch.equal(qmodel(calib[0]), scope["fq"](calib[0]))
+
+
+def test_the_diagnostics_and_search_snippet_runs(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)  # the snippet writes report/ and mixed.yaml
+    torch.manual_seed(0)
+    model = SmallCNN().eval()
+    g = torch.Generator().manual_seed(1)
+    calib = [torch.randn(4, 3, 32, 32, generator=g) for _ in range(2)]
+    scope = {"lowbit": lowbit, "model": model, "calib": calib}
+    exec(compile(block_with("lowbit.analyze("), "README.md", "exec"), scope)
+
+    analysis, found = scope["analysis"], scope["found"]
+    assert analysis.worst_layer() in {"conv", "head"}
+    assert (tmp_path / "report" / "report.html").is_file()
+    assert found.cost_bytes <= found.budget_bytes
+    assert lowbit.Recipe.from_yaml(tmp_path / "mixed.yaml") == found.recipe
