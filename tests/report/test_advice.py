@@ -47,5 +47,6 @@ def test_one_fix_on_several_layers_is_one_item_with_each_layers_evidence():
     items = advise([layer("a", **relu), layer("b", **relu), layer("c")], "m")
     unsigned = [a for a in items if a["rule"] == "unsigned"]
     assert len(unsigned) == 1
-    assert unsigned[0]["layer"] == "a, b" and set(unsigned[0]["evidence"]) == {"a", "b"}
+    assert unsigned[0]["layer"] == "a, b" and unsigned[0]["layers"] == ["a", "b"]
+    assert set(unsigned[0]["evidence"]) == {"a", "b"}
     assert unsigned[0]["message"].startswith("2 layers (a, b): inputs are never negative")

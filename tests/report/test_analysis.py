@@ -93,4 +93,4 @@ def test_digits_cnn_names_a_worst_layer(single_thread):
     assert a.worst_layer() in names
     assert all(not math.isnan(l["sensitivity"]["hessian_trace"]) for l in a.layers)
     for item in a.advice:
-        assert item["layer"] in names and item["evidence"]
+        assert set(item["layers"]) <= set(names) and item["evidence"]

@@ -32,10 +32,13 @@ def _fmt(x: float | None, unit: str = "", digits: int = 2) -> str:
 
 
 def advise(layers: list[dict], metric_name: str) -> list[dict]:
-    """Advice items ``{rule, layer, message, evidence}`` for the analysed ``layers``; a rule
-    that fires with the same fix on several layers gives one item naming them all
-    (``layer`` then lists them, and ``evidence`` maps each layer to its numbers)."""
-    return merge(_per_layer(layers, metric_name))
+    """Advice items ``{rule, layer, layers, message, evidence}`` for the analysed ``layers``;
+    a rule that fires with the same fix on several layers gives one item naming them all
+    (``layers`` lists them, ``layer`` joins them, ``evidence`` maps each to its numbers)."""
+    items = _per_layer(layers, metric_name)
+    for item in items:
+        item["layers"] = [item["layer"]]
+    return merge(items)
 
 
 def merge(items: list[dict]) -> list[dict]:
@@ -60,7 +63,8 @@ def merge(items: list[dict]) -> list[dict]:
         if item is not group[0]:
             continue
         names = [g["layer"] for g in group]
-        merged.append({"rule": item["rule"], "layer": ", ".join(names), "fix": item["fix"],
+        merged.append({"rule": item["rule"], "layer": ", ".join(names), "layers": names,
+                       "fix": item["fix"],
                        "message": f"{len(names)} layers ({', '.join(names)}): "
                                   f"{group[0]['summary']}: {item['fix']}",
                        "evidence": {g["layer"]: g["evidence"] for g in group}})

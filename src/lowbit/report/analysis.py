@@ -88,9 +88,7 @@ class Analysis:
 
 
 def _json_default(obj: Any):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    return str(obj)
+    return str(obj)  # e.g. a tensor or enum left in a user's eval output
 
 
 def _finite(x):
@@ -134,9 +132,19 @@ def analyze(model: nn.Module, recipe: Any, calib_data: Any,
     or the output MSE to float). max_batches: use at most this many batches of calib_data.
     """
     batches = as_batches(calib_data, max_batches)
+    training = model.training
+    try:
+        model.eval()
+        return _analyze(model, recipe, batches, eval_fn, higher_is_better, metric_name, sweeps,
+                        hessian, n_probes, loss_fn, sample_size, progress)
+    finally:
+        model.train(training)
+
+
+def _analyze(model, recipe, batches, eval_fn, higher_is_better, metric_name, sweeps, hessian,
+             n_probes, loss_fn, sample_size, progress) -> Analysis:
     times: dict[str, float] = {}
     t = time.perf_counter()
-    model.eval()
     scorer = Scorer(model, batches, eval_fn, higher_is_better, metric_name)
     qmodel = prepare(model, recipe, example_inputs=batches[0])
     with calibrate(qmodel), torch.no_grad():
@@ -175,9 +183,6 @@ def analyze(model: nn.Module, recipe: Any, calib_data: Any,
         order = sorted(weighted, key=lambda n: -sens[n]["hessian_estimate"])
         for rank, n in enumerate(order, 1):
             sens[n]["hessian_rank"] = rank
-    real = convert(qmodel)
-    size = estimate_model_size(real)
-    kernels = {r.name: r.kernel for r in lowbit_state(real).records if r.kernel}
     records = {r.name: r for r in state.records}
     layers = []
     for n in names:
@@ -205,7 +210,12 @@ def analyze(model: nn.Module, recipe: Any, calib_data: Any,
             "act_sample_sqnr_db": _finite(current), "clip_alternatives":
                 {k: _finite(v) for k, v in alt.items()},
             "histogram": _histogram(s["sample"], lo, hi),
-            "kernel": kernels.get(n), "sensitivity": sens[n]})
+            "kernel": None, "sensitivity": sens[n]})
+    real = convert(qmodel, inplace=True)  # the fake-quant copy is not needed any more
+    size = estimate_model_size(real)
+    kernels = {r.name: r.kernel for r in lowbit_state(real).records if r.kernel}
+    for layer in layers:
+        layer["kernel"] = kernels.get(layer["name"])
     skipped = [{"name": r.name, "action": r.action, "reason": r.reason} for r in state.records
                if r.action != "quantized"]
     summary = {"float_bytes": size["float_bytes"], "quantized_bytes": size["quantized_bytes"],

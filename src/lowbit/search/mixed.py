@@ -29,7 +29,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..model.convert import convert
-from ..model.prepare import calibrate, prepare, quant_modules
+from ..model.prepare import calibrate, prepare
 from ..model.size import estimate_model_size
 from ..nn.qat import weight_matrix
 from ..nn.quantizer import TensorQuantizer
@@ -130,7 +130,7 @@ def _measured_losses(model, candidates, groups, batches, scorer, example, progre
     return losses
 
 
-def _hessian_losses(model, candidates, groups, configs, batches, n_probes, example):
+def _hessian_losses(model, candidates, groups, configs, batches, n_probes):
     names = [n for g in groups for n in g]
     traces = hutchinson_traces(model, {n: model.get_submodule(n).weight for n in names},
                                batches, n_probes=n_probes)
@@ -183,8 +183,18 @@ def search(model: nn.Module, candidates: Any, budget: Any, calib_data: Any,
     budget = parse_budget(budget)
     cands = parse_candidates(candidates)
     batches = as_batches(calib_data, max_batches)
+    training = model.training
+    try:
+        model.eval()
+        return _search(model, cands, budget, batches, eval_fn, higher_is_better, metric_name,
+                       sensitivity, groups, max_units, n_probes, progress)
+    finally:
+        model.train(training)
+
+
+def _search(model, cands, budget, batches, eval_fn, higher_is_better, metric_name,
+            sensitivity, groups, max_units, n_probes, progress) -> SearchResult:
     t0 = time.perf_counter()
-    model.eval()
     configs = layer_configs(model, cands, batches[0])
     names = list(configs)
     grouped = layer_groups(model, names, groups)
@@ -199,8 +209,7 @@ def search(model: nn.Module, candidates: Any, budget: Any, calib_data: Any,
     if sensitivity == "measured":
         losses = _measured_losses(model, cands, grouped, batches, scorer, batches[0], progress)
     else:
-        losses, _ = _hessian_losses(model, cands, grouped, configs, batches, n_probes,
-                                    batches[0])
+        losses, _ = _hessian_losses(model, cands, grouped, configs, batches, n_probes)
     t2 = time.perf_counter()
     # each group's options: candidates that quantize it, plus float where asked for or where
     # no candidate applies (it then stays float, as the presets would leave it)
@@ -268,7 +277,6 @@ def measure_recipe(model: nn.Module, recipe: Recipe, batches: list, scorer: Scor
         for batch in batches:
             _call(qmodel, batch)
     metric = scorer.metric(qmodel)
-    size = estimate_model_size(convert(qmodel, inplace=True)) if any(
-        True for _ in quant_modules(qmodel)) else estimate_model_size(qmodel)
+    size = estimate_model_size(convert(qmodel, inplace=True))
     return {"metric": metric, "loss": scorer.loss_of(metric),
             "model_bytes": size["quantized_bytes"], "model_float_bytes": size["float_bytes"]}
