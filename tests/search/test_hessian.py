@@ -99,3 +99,13 @@ def test_bad_arguments_are_rejected():
         hutchinson_traces(model, {"0": model[0].weight}, [None], n_probes=0)
     with pytest.raises(ConfigError, match="weights"):
         hutchinson_traces(model, {}, [None])
+
+
+@pytest.mark.parametrize("method", ["autograd", "finite_difference"])
+def test_a_weight_the_loss_never_reaches_has_zero_trace(method):
+    model = tiny()
+    unused = nn.Linear(3, 3).double()  # not part of the forward
+    batches = [(torch.randn(5, 4, dtype=torch.float64), torch.randint(0, 2, (5,)))]
+    est = hutchinson_traces(model, {"0": model[0].weight, "unused": unused.weight}, batches,
+                            loss_fn=ce_loss, n_probes=2, method=method)
+    assert est.trace["unused"] == 0.0 and est.trace["0"] != 0.0

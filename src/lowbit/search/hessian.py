@@ -65,18 +65,30 @@ def _rademacher(params: Sequence[torch.Tensor], gen: torch.Generator) -> list[to
             for p in params]
 
 
+def _zeros_for_unused(grads, params):
+    """A weight the loss does not reach (e.g. an unused pooler) has a zero gradient."""
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
+
+
 def _hvp_autograd(loss_fn, params, probes):
     loss = loss_fn()
-    grads = torch.autograd.grad(loss, params, create_graph=True)
+    grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+    used = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
     out = []
-    for i, v in enumerate(probes):
-        hv = torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=i < len(probes) - 1)
-        out.append([float((vi * hvi).sum()) for vi, hvi in zip(v, hv)])
+    for k, v in enumerate(probes):
+        hv = torch.autograd.grad([grads[i] for i in used], [params[i] for i in used],
+                                 grad_outputs=[v[i] for i in used], allow_unused=True,
+                                 retain_graph=k < len(probes) - 1) if used else []
+        full = [None] * len(params)
+        for i, h in zip(used, hv):
+            full[i] = h
+        full = _zeros_for_unused(full, params)
+        out.append([float((vi * hvi).sum()) for vi, hvi in zip(v, full)])
     return out
 
 
 def _grads(loss_fn, params):
-    return torch.autograd.grad(loss_fn(), params)
+    return _zeros_for_unused(torch.autograd.grad(loss_fn(), params, allow_unused=True), params)
 
 
 def _hvp_finite_difference(loss_fn, params, probes):
