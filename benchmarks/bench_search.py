@@ -262,7 +262,7 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="digits,minilm,analyze")
-    parts = parser.parse_args().parts.split(",")
+    parts = [p for p in parser.parse_args().parts.split(",") if p]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(2)
     RESULTS.mkdir(exist_ok=True)

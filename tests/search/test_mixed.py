@@ -58,12 +58,14 @@ def test_choice_is_the_exact_optimum_and_respects_the_budget(batches, budget):
 
 
 def test_frontier_is_pareto_and_spans_the_uniform_choices(batches):
-    res = search(mlp(), CANDS, "0.3x", batches)
+    res = search(mlp(), CANDS, "0.2x", batches)
     front = res.frontier
     assert all(a["cost_bytes"] < b["cost_bytes"] and a["predicted_loss"] > b["predicted_loss"]
                for a, b in zip(front, front[1:]))
     assert front[0]["cost_bytes"] == res.uniform["w4a16-g128"]["cost_bytes"]
     assert front[0]["counts"] == {"w4a16-g128": 4, "w8a16": 0}
+    assert front[-1]["cost_bytes"] > res.budget_bytes  # the frontier goes past the budget
+    assert front[-1]["cost_bytes"] == res.uniform["w8a16"]["cost_bytes"]
     best = min(p["predicted_loss"] for p in front if p["cost_bytes"] <= res.budget_bytes)
     assert res.predicted_loss == pytest.approx(best)
 

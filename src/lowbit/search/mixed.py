@@ -7,7 +7,7 @@
 2. Each group's cost is the bytes its real modules store (:mod:`.candidates`).
 3. The exact multiple-choice knapsack (:mod:`.knapsack`) minimises the summed loss within the
    budget at a resolution of ``budget / max_units`` bytes (costs rounded up, so the budget
-   holds in bytes); one solve gives the whole Pareto frontier.
+   holds in bytes); one solve up to the dearest assignment gives the whole Pareto frontier.
 4. The chosen recipe is measured: prepared, calibrated and scored as a whole, and its real
    size taken after ``convert``.
 
@@ -221,8 +221,10 @@ def _search(model, cands, budget, batches, eval_fn, higher_is_better, metric_nam
             opts.append((FLOAT, float_costs[g], 0.0))
         options.append(opts)
     units = to_units([[o[1] for o in opts] for opts in options], budget_bytes, max_units)
-    knap = Knapsack(units.costs, [[o[2] for o in opts] for opts in options], units.budget)
-    if not knap.feasible():
+    # the table reaches the dearest assignment, so the frontier covers every size
+    top = max(units.budget, sum(max(c) for c in units.costs))
+    knap = Knapsack(units.costs, [[o[2] for o in opts] for opts in options], top)
+    if not knap.feasible(units.budget):
         cheapest = sum(min(o[1] for o in opts) for opts in options)
         raise ConfigError("budget", budget.describe(), f"at least {cheapest} bytes for these "
                           "layers (each at its cheapest candidate)",
@@ -237,7 +239,7 @@ def _search(model, cands, budget, batches, eval_fn, higher_is_better, metric_nam
                 assignment[n] = cand
         return {n: assignment[n] for n in names}, cost, loss
 
-    assignment, cost, pred_loss = decode(knap.solve().choice)
+    assignment, cost, pred_loss = decode(knap.solve(units.budget).choice)
     frontier = []
     for sol in knap.frontier():
         a, c, lo = decode(sol.choice)
