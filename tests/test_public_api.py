@@ -165,3 +165,20 @@ def test_quantize_and_dequantize_are_a_matching_pair():
     assert torch.equal(lowbit.dequantize(q_sym, scale), q_sym.float() * scale)
     with pytest.raises(lowbit.ConfigError, match="zero_point=.*None when a QParams is given"):
         lowbit.dequantize(q, qp, torch.zeros(6))
+
+
+def test_the_diagnostics_and_search_snippet_runs(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)  # the snippet writes report/ and mixed.yaml
+    torch.manual_seed(0)
+    model = SmallCNN().eval()
+    g = torch.Generator().manual_seed(1)
+    calib = [torch.randn(4, 3, 32, 32, generator=g) for _ in range(2)]
+    scope = {"lowbit": lowbit, "model": model, "calib": calib}
+    exec(compile(block_with("lowbit.analyze("), "README.md", "exec"), scope)
+
+    analysis, found = scope["analysis"], scope["found"]
+    assert analysis.worst_layer() in {"conv", "head"}
+    assert (tmp_path / "report" / "report.html").is_file()
+    assert found.cost_bytes <= found.budget_bytes
+    assert lowbit.Recipe.from_yaml(tmp_path / "mixed.yaml") == found.recipe

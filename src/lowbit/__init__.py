@@ -29,10 +29,12 @@ from .primitives.metrics import cosine, mse, sat_ratio, snr_db, sqnr_db
 from .primitives.packing import pack, pack_codes, unpack, unpack_codes
 from .recipe import AnyModule, ByName, ByRole, ByType, Recipe, Rule, load_recipe
 from .records import LayerRecord
-from .report import ComparisonResult, compare
+from .report import Analysis, ComparisonResult, analyze, compare, write_report
 from .workflow import quantize_model
 from .algorithms import ALGORITHMS, AWQ, GPTQ, SmoothQuant
 from .types import (Granularity, PerChannel, PerGroup, PerTensor, PerToken, QParams, QType,
                     Scheme, int2, int3, int4, int5, int6, int7, int8, int9, int10, int11, int12,
                     int13, int14, int15, int16, qtype_from_name, uint2, uint3, uint4, uint5, uint6,
                     uint7, uint8, uint9, uint10, uint11, uint12, uint13, uint14, uint15, uint16)
+from . import search  # the package is callable: lowbit.search(model, candidates, budget, ...)
+from .search import Budget, SearchResult

@@ -3,8 +3,10 @@
 ``lowbit quantize --model SPEC --recipe NAME|FILE --out_dir DIR`` (or the role flags of
 instead of --recipe). Writes ``DIR/calibrated`` (fake-quant: float weights,
 ranges and observer state — can be re-calibrated or fine-tuned), ``DIR/quantized``
-(integer storage), ``DIR/records.json`` and ``DIR/summary.json``. ``--algo gptq`` runs
-layer-wise algorithms block by block after calibration (the checkpoints' manifests record
+(integer storage), ``DIR/records.json``, ``DIR/summary.json`` and a diagnostics report in
+``DIR/report/`` (``--report light``: per-layer SQNR, ranges, histograms and advice;
+``full`` adds the sensitivity sweeps and Hessian traces; ``none`` skips it). ``--algo gptq``
+runs layer-wise algorithms block by block after calibration (the checkpoints' manifests record
 them). Without --recipe and role flags the example's own recipe is used (``w8a8-static`` for
 digits, ``w8a8`` otherwise).
 How the flags combine: :mod:`lowbit.cli.flags`.
@@ -34,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="layer-wise algorithms run block by block after calibration, "
                              "comma-separated, e.g. gptq (registered: "
                              "lowbit.algorithms.ALGORITHMS)")
+    parser.add_argument("--report", choices=("light", "full", "none"), default="light",
+                        help="diagnostics report in OUT_DIR/report/ (default light: SQNR, "
+                             "ranges, histograms, advice; full adds sensitivities)")
     add_quant_flags(parser)
 
 
@@ -83,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
               f"{args.model} ({len(out.records)} layer(s) considered); the checkpoints hold the "
               "float model")
     print(f"wrote {out_dir}/calibrated, {out_dir}/quantized, records.json, summary.json")
+    if args.report != "none" and out.calib_batches:
+        _write_report(args, example, recipe, out.calib_batches, out_dir / "report")
     return 0
 
 
@@ -94,3 +101,21 @@ def _algorithms(text: str | None) -> list:
         return parse_algorithms(text)
     except ConfigError as exc:
         raise FlagError("--algo", text, exc.allowed, fix="e.g. --algo gptq") from None
+
+
+def _write_report(args, example, recipe, batches: int, folder: Path) -> None:
+    """The diagnostics report of this quantization (``lowbit report`` with the same recipe)."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        print("report skipped: matplotlib is missing (pip install 'lowbit[plot]')")
+        return
+    from lowbit.report.analysis import analyze
+    from lowbit.report.html import write_report
+
+    full = args.report == "full"
+    analysis = analyze(example.model, recipe, example.calib_data, example.score,
+                       metric_name=example.metric, max_batches=batches, sweeps=full,
+                       hessian=full, n_probes=2)
+    paths = write_report(analysis, folder, title=f"lowbit report: {args.model}, {recipe.name}")
+    print(f"wrote {paths['html']} ({len(analysis.advice)} advice item(s))")
