@@ -23,8 +23,8 @@ def test_report_on_digits_with_role_flags(tmp_path, capsys, cli_env):
     data = read_json(tmp_path / "report.json")
     assert data["recipe"]["name"] == "flags:proj+head+block:int4-minmax"
     losses = {l["name"]: l["sensitivity"]["quantize_only"] for l in data["layers"]}
-    worst = max(losses, key=losses.get)
-    assert f"most sensitive layer (only it quantized): {worst}" in out
+    named = out.split("most sensitive layer (only it quantized): ")[1].split()[0]
+    assert losses[named] == max(losses.values()), "the layer named loses most (ties allowed)"
     for name in ("report.html", "sqnr.png", "sensitivity.png", "histograms.png"):
         assert (tmp_path / name).stat().st_size > 0
 

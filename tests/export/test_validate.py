@@ -22,7 +22,8 @@ def test_validation_reports_the_numbers(digits_static_export, digits):
     assert report["passed"] and report["atol"] == 1.0 and report["min_cosine_required"] == 0.999
     out = report["outputs"]["output"]
     assert out["shape"] == [9, 10] and out["mean_cosine"] >= 0.999
-    assert report["max_abs_error"] == out["max_abs_error"] <= 1.0
+    assert out["max_abs_error"] <= report["max_abs_error"] <= 1.0  # the report's max also
+    # covers the second, different probe batch
     reference = validate_onnx(result.path, qmodel, data.x_test[:9], kernels="reference")
     assert reference["mean_cosine"] >= 0.999, "node by node, the file is lowbit's arithmetic"
 
@@ -143,7 +144,7 @@ def test_outputs_100x_too_large_fail_although_the_cosine_is_perfect(digits_stati
     qmodel, result = digits_static_export
     x = digits[1].x_test[:8]
     with pytest.raises(ExportError, match=r"relative error 0\.99\d* \(max_rel_error 0\.04\d+, "
-                                          r"sqrt\(2 \* \(1 - min_cosine\)\).*norm ratio 0\.01"):
+                                          r"sqrt\(2 \* \(1 - min_cosine\)\).*norm ratio 0\.0(1|099)"):
         validate_onnx(result.path, _Scaled(qmodel, 100.0), x)
     report = validate_onnx(result.path, qmodel, x)
     assert report["max_rel_error"] <= report["max_rel_error_allowed"] < 0.05

@@ -20,6 +20,15 @@ REF_A8 = find("linear.w8a8", "reference", "cpu")
 REF_W8 = find("linear.w8", "reference", "cpu")
 
 
+def _require(impl):
+    """Skip unless ``impl`` passed its probe here (``_int_mm`` gives wrong results on some
+    oneDNN builds and ISA settings; the dispatcher never runs it there, and nor do we)."""
+    from lowbit.kernels.probe import probe
+    reason = probe(impl, "cpu")
+    if reason is not None:
+        pytest.skip(f"{impl.name} is unavailable on this machine: {reason}")
+
+
 def _problem(qweight, qtype, scheme, m=5, n=48, k=128, seed=0):
     torch.manual_seed(seed)
     w, x, b = torch.randn(n, k), torch.randn(m, k), torch.randn(n)
@@ -47,6 +56,7 @@ def test_int_mm_operand_is_the_transposed_view_of_contiguous_codes(qweight):
 @pytest.mark.parametrize("mode", ["dynamic_int8", "dynamic_int8_tensor"])
 @pytest.mark.parametrize("m", [1, 33])
 def test_w8a8_matches_the_reference_to_float_rounding(qweight, relerr, qtype, scheme, mode, m):
+    _require(W8A8)
     w, x, b, qw = _problem(qweight, qtype, scheme, m=m)
     act = ActQuantizer(mode)
     ref = REF_A8.run(qw, x, b, act)
@@ -58,6 +68,7 @@ def test_w8a8_matches_the_reference_to_float_rounding(qweight, relerr, qtype, sc
 
 
 def test_accumulator_does_not_overflow_at_k_4096_with_extreme_codes(qweight):
+    _require(W8A8)
     k = 4096
     torch.manual_seed(0)
     signs = torch.where(torch.rand(3, k) < 0.9, 1.0, -1.0)

@@ -9,10 +9,20 @@ from lowbit.kernels.probe import probe
 from lowbit.kernels.registry import KernelImpl, registered
 
 
-def test_every_cpu_native_kernel_passes_its_probe():
+def test_every_cpu_integer_kernel_has_a_probe_verdict_the_dispatcher_follows(qweight):
+    """Whether a kernel passes depends on this machine's CPU and oneDNN; what must hold
+    everywhere is that each one is probed and a failure keeps it out of every plan."""
+    from lowbit.kernels.dispatch import unusable
+    from lowbit.kernels.weights import quant_weight
+    from lowbit.types import PerChannel, int8
+    w = quant_weight(*qweight(torch.randn(32, 256), int8, PerChannel(0)))
     for (op, path, device, _), impl in registered().items():
         if path == "integer" and device == "cpu":
-            assert probe(impl, "cpu") is None, f"{impl.name} ({op}) failed its probe"
+            assert impl.extra.get("probe"), f"{impl.name} ({op}) has no probe"
+            verdict = probe(impl, "cpu")
+            assert verdict is None or "probe" in verdict, verdict
+            if verdict is not None and impl.supports(w, None) is None:
+                assert unusable(impl, w) == verdict
 
 
 def _fake(name, run):

@@ -198,7 +198,7 @@ def test_tune_kernels_decides_ahead_and_records_the_decisions(fake_timer):
     fake_timer(lambda name, rows: (1.0 if rows <= 8 else 4.0) if name.startswith("aten.") else 2.0)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32))
-    fq = prepare(model, "w8a8")
+    fq = prepare(model, "w8a16")  # weight-only int8: a float32 integer kernel on every CPU
     with calibrate(fq):
         fq(torch.randn(4, 64))
     q = convert(fq)
