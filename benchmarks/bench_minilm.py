@@ -187,7 +187,10 @@ def main() -> None:
         m["budget_bytes"] = m["float_model_bytes"] + m["largest_layer_bytes"]
 
     env = environment()
-    result = {"machine": env["cpu"], "environment": env, "platform": platform.platform(),
+    with open("/proc/loadavg", encoding="utf-8") as f:
+        load = " ".join(f.read().split()[:3])
+    result = {"machine": env["cpu"], "environment": env, "load_average": load,
+              "platform": platform.platform(),
               "processor": platform.processor(), "torch": torch.__version__, "threads": 2,
               "batch": f"32 sentences x {SEQ} tokens", "repeats": args.repeats,
               "variants": rows, "kernels_at_4096_rows": kernels, "sizes": sizes,
@@ -201,8 +204,8 @@ def main() -> None:
 def _markdown(r: dict) -> str:
     mib = lambda b: f"{b / 2**20:.1f} MiB"  # noqa: E731
     lines = [f"# MiniLM-L6 ({r['batch']}, {r['threads']} threads, median of {r['repeats']} "
-             f"interleaved rounds)", "", f"Machine: `{r['machine']}`, torch {r['torch']}. "
-             + r["note"] + ".", "",
+             f"interleaved rounds)", "", f"Machine: `{r['machine']}`, torch {r['torch']}, load average "
+             f"{r.get('load_average', '?')}.", "",
              "| variant | cosine to float32 | median s | min s | speed vs float32 |",
              "|---|---|---|---|---|"]
     for v in r["variants"]:
