@@ -4,7 +4,6 @@ import os
 import tempfile
 
 import pytest
-import torch
 
 
 def pytest_configure(config):
@@ -55,12 +54,9 @@ def single_thread():
 
     Tiny tensors and training loops are faster on one thread than on several fighting over
     a busy machine's cores, and their results then do not depend on the core count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    from lowbit.runtime import one_thread
+    with one_thread():
         yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

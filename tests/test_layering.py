@@ -38,6 +38,7 @@ LAYER_MAP: list[tuple[str, int]] = [
     ("types.py", 0),
     ("errors.py", 0),
     ("records.py", 0),
+    ("runtime.py", 0),
     ("primitives/metrics.py", 0),
     # L1: configuration
     ("config.py", 1),

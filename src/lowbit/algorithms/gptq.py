@@ -27,7 +27,6 @@ quantized outputs then feed the next block.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from ..errors import ConfigError, InputError, check_int_range
 from ..nn.qat import QuantLinear
 from ..nn.quantizer import TensorQuantizer
 from ..primitives.affine import expand_param, fake_quantize
+from ..runtime import one_thread
 from ..types import PerChannel, PerGroup, QParams
 from .base import Algorithm, register_algorithm
 
@@ -161,7 +161,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec, 
         W1 = W[:, i1:i2].clone()  # [O, B]
         E1 = torch.zeros_like(W1)
         U1 = U[i1:i2, i1:i2]  # [B, B]
-        with _one_thread():  # vector ops of O elements: threads cost more than they give
+        with one_thread():  # vector ops of O elements: threads cost more than they give
             _quantize_columns(W1, E1, U1, Q[:, i1:i2], scale[:, i1:i2], zero[:, i1:i2], qtype)
         W[:, i2:] -= E1 @ U[i1:i2, i2:]
     if perm is not None:
@@ -170,16 +170,6 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec, 
         qp = QParams(torch.stack(group_scales, 1), torch.stack(group_zeros, 1).to(torch.int32),
                      qtype, (1, group))
     return GPTQResult(Q.float(), qp, used, retries)
-
-
-@contextlib.contextmanager
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _quantize_columns(W1, E1, U1, Q1, scale, zero, qtype) -> None:

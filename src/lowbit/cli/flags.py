@@ -149,3 +149,21 @@ def with_calib_method(recipe, method: str):
                             "fixed-point or weight-only); drop --calib_method or pick another "
                             "recipe")
     return Recipe(tuple(rules), f"{recipe.name}+{normalize_method(method)}")
+
+
+def resolve_recipe(args: argparse.Namespace, example=None):
+    """The recipe of ``--recipe`` or the role flags (None: the example's own)."""
+    from lowbit.errors import ConfigError
+    from lowbit.recipe import load_recipe
+
+    recipe = recipe_from_args(args) if uses_role_flags(args) else None
+    if args.recipe:
+        try:
+            recipe = load_recipe(args.recipe)
+        except ConfigError as exc:
+            raise FlagError("--recipe", args.recipe, exc.allowed, fix=exc.fix) from None
+    if recipe is None and example is not None:
+        recipe = load_recipe(example.default_recipe)
+    if recipe is not None and args.calib_method is not None and not uses_role_flags(args):
+        recipe = with_calib_method(recipe, args.calib_method)
+    return recipe

@@ -17,8 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lowbit.cli.flags import (FlagError, add_quant_flags, fq_impl_of, check_flags,
-                              recipe_from_args, uses_role_flags, with_calib_method)
+from lowbit.cli.flags import (FlagError, add_quant_flags, resolve_recipe, fq_impl_of, check_flags)
 from lowbit.errors import ConfigError
 
 
@@ -49,22 +48,12 @@ def run(args: argparse.Namespace) -> int:
     from lowbit.cli.report_layers import layer_table
     from lowbit.cli.runner import quantize_example, write_json
 
-    from lowbit.recipe import load_recipe
 
     check_flags(args, "quantize")
-    # a recipe typo fails here, before a (possibly slow) model is loaded
-    recipe = recipe_from_args(args) if uses_role_flags(args) else None
-    if args.recipe:
-        try:
-            recipe = load_recipe(args.recipe)
-        except ConfigError as exc:
-            raise FlagError("--recipe", args.recipe, exc.allowed, fix=exc.fix) from None
+    resolve_recipe(args)  # a recipe typo fails here, before a (possibly slow) model is loaded
     algorithms = _algorithms(args.algo)
     example = load_example(args.model)
-    if recipe is None:
-        recipe = load_recipe(example.default_recipe)
-    if args.calib_method is not None and not uses_role_flags(args):
-        recipe = with_calib_method(recipe, args.calib_method)
+    recipe = resolve_recipe(args, example)
     out = quantize_example(example, recipe, fq_impl=fq_impl_of(args),
                            max_batches=args.quant_calib_batches, algorithms=algorithms)
     float_score = example.score(example.model)

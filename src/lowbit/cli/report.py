@@ -13,8 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lowbit.cli.flags import (FlagError, add_quant_flags, check_flags, recipe_from_args,
-                              uses_role_flags, with_calib_method)
+from lowbit.cli.flags import (FlagError, add_quant_flags, resolve_recipe, check_flags)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,24 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", default=None,
                         help="the search's budget: bytes, '1.5MiB', '0.3x' or '4.5bits'")
     add_quant_flags(parser)
-
-
-def resolve_recipe(args: argparse.Namespace, example=None):
-    """The recipe of ``--recipe`` or the role flags (None: the example's own)."""
-    from lowbit.errors import ConfigError
-    from lowbit.recipe import load_recipe
-
-    recipe = recipe_from_args(args) if uses_role_flags(args) else None
-    if args.recipe:
-        try:
-            recipe = load_recipe(args.recipe)
-        except ConfigError as exc:
-            raise FlagError("--recipe", args.recipe, exc.allowed, fix=exc.fix) from None
-    if recipe is None and example is not None:
-        recipe = load_recipe(example.default_recipe)
-    if recipe is not None and args.calib_method is not None and not uses_role_flags(args):
-        recipe = with_calib_method(recipe, args.calib_method)
-    return recipe
 
 
 def progress_bar(total: int, desc: str):

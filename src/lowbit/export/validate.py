@@ -17,6 +17,7 @@ from torch import nn
 
 from ..errors import ConfigError, ExportError, InputError, check_int_range
 from ..model.batches import split_batch
+from ..runtime import eval_mode
 from .signature import flatten_outputs
 
 #: How ONNX Runtime runs the graph (see :func:`ort_session`).
@@ -131,13 +132,8 @@ def compare_outputs(expected: np.ndarray, actual: np.ndarray) -> dict:
 def _run_torch(model: nn.Module, inputs: Any) -> list[np.ndarray]:
     args, kwargs = split_batch(inputs)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(*args, **kwargs)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        out = model(*args, **kwargs)
     return [_real_view(t).cpu().numpy() for t in flatten_outputs(out)[1]]
 
 

@@ -160,7 +160,7 @@ class PreparedConv2d:
     """A quantized conv weight bound to its kernel plan; call it as ``conv(x, bias)``.
 
     ``pointwise`` convs delegate to ``linear`` (a :class:`PreparedLinear`); others follow
-    ``plan`` (op ``conv2d``).  ``path``, ``kernel``, ``reason``, ``fallback`` and
+    ``plan`` (op ``conv2d``).  ``path``, ``kernel``, ``reason`` and
     ``last`` are as on :class:`PreparedLinear`.
     """
 
@@ -184,15 +184,12 @@ class PreparedConv2d:
     def _summary(self, attr: str):
         if self.linear is not None:
             return getattr(self.linear, attr)
-        if attr == "fallback":
-            return any(c.fallback for c in self.plan.choices)
         paths, kernels, reasons = self.plan.summary()
         return {"path": paths, "kernel": kernels}.get(attr, reasons)
 
     path = property(lambda self: self._summary("path"))
     kernel = property(lambda self: self._summary("kernel"))
     reason = property(lambda self: self._summary("reason"))
-    fallback = property(lambda self: self._summary("fallback"))
 
     def record_fields(self) -> dict:
         """``path``, ``kernel`` and ``kernel_reason`` for the layer's LayerRecord."""
@@ -268,7 +265,6 @@ class PreparedConv1d:
     path = property(lambda self: self.conv2d.path)
     kernel = property(lambda self: self.conv2d.kernel)
     reason = property(lambda self: self.conv2d.reason)
-    fallback = property(lambda self: self.conv2d.fallback)
     last = property(lambda self: self.conv2d.last)
 
     def record_fields(self) -> dict:

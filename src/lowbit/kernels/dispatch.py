@@ -43,7 +43,6 @@ class Choice:
     impl: KernelImpl
     compute: torch.dtype
     reason: str
-    fallback: bool = False
     source: str = "rule"
     speedup: float | None = None
 

@@ -55,8 +55,8 @@ class PreparedLinear:
     Attributes: ``weight`` (:class:`QuantWeight`), ``op``, ``act`` (the input's
     :class:`~lowbit.kernels.formats.ActFormat`, or None for a float input),
     ``plan`` (for float32 inputs; other dtypes get their own), ``last`` (the
-    :class:`Choice` of the latest call); ``path``, ``kernel``, ``reason`` and
-    ``fallback`` summarise the plan for a :class:`~lowbit.records.LayerRecord`.
+    :class:`Choice` of the latest call); ``path``, ``kernel`` and ``reason``
+    summarise the plan for a :class:`~lowbit.records.LayerRecord`.
     """
 
     def __init__(self, weight: QuantWeight, act: "str | ActFormat | None" = None,
@@ -117,11 +117,6 @@ class PreparedLinear:
     def reason(self) -> str:
         """Why each kernel was chosen."""
         return self.plan.summary()[2]
-
-    @property
-    def fallback(self) -> bool:
-        """True when a decided choice fell back from the kernel it wanted."""
-        return any(c.fallback for c in self.plan.choices)
 
     def record_fields(self) -> dict:
         """``path``, ``kernel`` and ``kernel_reason`` for this layer's

@@ -137,9 +137,7 @@ def _read_manifest(directory: Path) -> dict:
         raise CheckpointError(f"{file}: not UTF-8 text ({exc}). Fix: restore the manifest from "
                               "a backup or save the model again") from None
     except OSError as exc:
-        raise CheckpointError(f"{file}: cannot be read ({exc.strerror or exc}). Fix: make the "
-                              "checkpoint readable (chmod a+r) or copy it somewhere "
-                              "readable") from None
+        raise _unreadable(file, exc) from None
     try:
         manifest = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as exc:
@@ -158,6 +156,11 @@ def _read_manifest(directory: Path) -> dict:
                               f"supports ({FORMAT_VERSION}); it was written by lowbit "
                               f"{manifest.get('lowbit_version')}. Fix: upgrade lowbit")
     return manifest
+
+
+def _unreadable(file: Path, exc: OSError) -> CheckpointError:
+    return CheckpointError(f"{file}: cannot be read ({exc.strerror or exc}). Fix: make the "
+                           "checkpoint readable (chmod a+r) or copy it somewhere readable")
 
 
 def _read_weights(directory: Path, manifest: dict) -> dict[str, torch.Tensor]:
@@ -179,9 +182,7 @@ def _read_weights(directory: Path, manifest: dict) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{file}: weights file missing (named by {MANIFEST}). Fix: copy "
                               "the whole checkpoint directory, or save the model again") from None
     except OSError as exc:
-        raise CheckpointError(f"{file}: cannot be read ({exc.strerror or exc}). Fix: make the "
-                              "checkpoint readable (chmod a+r) or copy it somewhere "
-                              "readable") from None
+        raise _unreadable(file, exc) from None
     if manifest["format_version"] >= 1 or "weights_sha256" in manifest:
         size, expected = len(data), manifest.get("weights_bytes")
         if size != expected:

@@ -28,13 +28,14 @@ import torch
 from torch import nn
 
 from ..config import LayerConfig
+from ..model.batches import call_batch
 from ..model.convert import convert
 from ..model.prepare import calibrate, lowbit_state, prepare, quant_modules
-from ..model.batches import call_batch
 from ..model.size import estimate_model_size
 from ..nn.qat import weight_matrix
 from ..nn.quantizer import TensorQuantizer
 from ..primitives.metrics import sqnr_db
+from ..runtime import eval_mode
 from ..search.hessian import hutchinson_traces, predicted_loss
 from ..search.scoring import Scorer, as_batches
 from ..search.sensitivity import float_only, quantize_only
@@ -132,13 +133,9 @@ def analyze(model: nn.Module, recipe: Any, calib_data: Any,
     or the output MSE to float). max_batches: use at most this many batches of calib_data.
     """
     batches = as_batches(calib_data, max_batches)
-    training = model.training
-    try:
-        model.eval()
+    with eval_mode(model):
         return _analyze(model, recipe, batches, eval_fn, higher_is_better, metric_name, sweeps,
                         hessian, n_probes, loss_fn, sample_size, progress)
-    finally:
-        model.train(training)
 
 
 def _analyze(model, recipe, batches, eval_fn, higher_is_better, metric_name, sweeps, hessian,

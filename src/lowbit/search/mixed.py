@@ -34,9 +34,16 @@ from ..model.size import estimate_model_size
 from ..nn.qat import weight_matrix
 from ..nn.quantizer import TensorQuantizer
 from ..recipe import ByName, Recipe, Rule
+from ..runtime import eval_mode
 from .budget import parse_budget
-from .candidates import (FLOAT, layer_configs, layer_groups, parse_candidates, float_bytes,
-                         stored_bytes)
+from .candidates import (
+    FLOAT,
+    float_bytes,
+    layer_configs,
+    layer_groups,
+    parse_candidates,
+    stored_bytes,
+)
 from .hessian import hutchinson_traces, predicted_loss
 from .knapsack import MAX_UNITS, Knapsack, to_units
 from .scoring import Scorer, as_batches
@@ -183,13 +190,9 @@ def search(model: nn.Module, candidates: Any, budget: Any, calib_data: Any,
     budget = parse_budget(budget)
     cands = parse_candidates(candidates)
     batches = as_batches(calib_data, max_batches)
-    training = model.training
-    try:
-        model.eval()
+    with eval_mode(model):
         return _search(model, cands, budget, batches, eval_fn, higher_is_better, metric_name,
                        sensitivity, groups, max_units, n_probes, progress)
-    finally:
-        model.train(training)
 
 
 def _search(model, cands, budget, batches, eval_fn, higher_is_better, metric_name,

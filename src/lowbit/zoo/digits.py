@@ -18,7 +18,6 @@ order.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from torch import nn
 
 from lowbit.errors import CheckpointError, ConfigError, InputError, check_int_range
 
+from ..runtime import eval_mode, one_thread
 from ._cache import cache_key, default_cache_dir, load_state, save_state
 from ._deps import require
 
@@ -147,17 +147,12 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     if x.shape[0] == 0:
         raise InputError("x is empty; pass at least one sample to measure accuracy")
     device = _model_device(model)
-    was_training = model.training
-    model.eval()
     correct = 0
-    try:
-        with torch.no_grad():
-            for start in range(0, x.shape[0], batch_size):
-                logits = model(x[start:start + batch_size].to(device))  # (b, classes)
-                labels = y[start:start + batch_size].to(logits.device)
-                correct += int((logits.argmax(dim=-1) == labels).sum())
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        for start in range(0, x.shape[0], batch_size):
+            logits = model(x[start:start + batch_size].to(device))  # (b, classes)
+            labels = y[start:start + batch_size].to(logits.device)
+            correct += int((logits.argmax(dim=-1) == labels).sum())
     return 100.0 * correct / x.shape[0]
 
 
@@ -185,17 +180,6 @@ def calibration_batches(data: DigitsData, n_batches: int,
             yield data.x_train[index]
 
     return batches()
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run on one CPU thread (tiny convs are fastest so, and results do not depend on cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _fit(model: DigitsCNN, data: DigitsData, seed: int, epochs: int) -> None:
@@ -266,7 +250,7 @@ def train_digits_cnn(seed: int = 0, epochs: int = DEFAULT_EPOCHS,
                 logger.warning("digits CNN cache unusable (%s); retraining", exc)
             torch.manual_seed(seed)
             model = DigitsCNN()
-            with _one_thread():
+            with one_thread():
                 _fit(model, data, seed, epochs)
             save_state(path, model.state_dict(), key, {"seed": str(seed), "epochs": str(epochs)})
     model.eval()
