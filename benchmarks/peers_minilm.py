@@ -28,7 +28,6 @@ import lowbit
 
 log = logging.getLogger("bench_peers")
 
-LOWBIT_PRESETS = ("w8a8", "w8a16", "w4a16-g128")
 
 
 class Missing(Exception):
@@ -182,12 +181,33 @@ def quanto_int4(ctx: Context):
     return run
 
 
-def _lowbit(preset: str):
+def _lowbit(preset: str, bf16: bool = False, compiled: bool = False):
     def build(ctx: Context):
         qmodel, _ = lowbit.quantize_model(ctx.model, preset, ctx.calib)
-        return _torch_runner(qmodel, ctx.batch)
-    build.__doc__ = f"lowbit.quantize_model(model, {preset!r}, calib)"
+        if bf16:  # the model runs in bfloat16; lowbit's qparams stay float32
+            qmodel = qmodel.to(torch.bfloat16)
+        runner = _torch_runner(lowbit.compile(qmodel) if compiled else qmodel, ctx.batch)
+        if compiled:
+            runner.note = "lowbit.compile(qmodel): kernels frozen, then torch.compile"
+        return runner
+    build.__doc__ = (f"lowbit.quantize_model(model, {preset!r}, calib)"
+                     + (".to(torch.bfloat16)" if bf16 else "")
+                     + (", then lowbit.compile" if compiled else ""))
     return build
+
+
+def _lowbit_name(preset: str, bf16: bool, compiled: bool) -> str:
+    return (f"lowbit {preset}" + (" bf16" if bf16 else "")
+            + (" + lowbit.compile" if compiled else ""))
+
+
+#: (preset, run in bfloat16, compiled) of the lowbit variants: each preset eager in float32,
+#: compiled, and the weight-only ones also in bfloat16 (the compute dtype users choose by
+#: running the model in it).
+LOWBIT_VARIANTS = [("w8a8", False, False), ("w8a8", False, True),
+                   ("w8a16", False, False), ("w8a16", True, False), ("w8a16", True, True),
+                   ("w4a16-g128", False, False), ("w4a16-g128", True, False),
+                   ("w4a16-g128", True, True)]
 
 
 #: (name, builder) in the order built.  float32 + torch.compile is compiled before torchao is
@@ -203,7 +223,7 @@ VARIANTS: list[tuple[str, Callable]] = [
     ("ONNX Runtime MatMulNBits int4 (g128)", ort_matmulnbits_int4),
     ("optimum-quanto int8 weights", quanto_int8),
     ("optimum-quanto int4 weights", quanto_int4),
-] + [(f"lowbit {p}", _lowbit(p)) for p in LOWBIT_PRESETS]
+] + [(_lowbit_name(*v), _lowbit(*v)) for v in LOWBIT_VARIANTS]
 
 
 def _reason(exc: BaseException) -> str:

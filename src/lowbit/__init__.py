@@ -16,6 +16,7 @@ from .config import FQ_IMPLS, KERNEL_PATHS
 from .model import (calibrate, convert, estimate_model_size, find_roles, lowbit_state, prepare,
                     qat_finetune, to_float, tune_kernels)
 from .model.checkpoint import load, save
+from .model.compile import CompiledModel, compile
 from .nn import (QuantConv1d, QuantConv2d, QuantEmbedding, QuantizedConv1d, QuantizedConv2d,
                  QuantizedEmbedding, QuantizedLinear, QuantLinear, TensorQuantizer,
                  set_kernel_path)

@@ -30,6 +30,7 @@ import torch
 
 from ..errors import ConfigError, InputError, check_choice
 from .act import ACT_IMPLS, ActQuantizer
+from . import tuning
 from .dispatch import Choice, Plan, plan
 from .formats import ActFormat
 from .registry import linear_op
@@ -98,10 +99,7 @@ class PreparedLinear:
     def _state(self, choice: Choice):
         if choice.path == "dense" and not self.keep_dense:
             return choice.impl.prepare(self.weight, choice.compute)
-        key = (id(choice.impl), choice.compute)
-        if key not in self._states:
-            self._states[key] = choice.impl.prepare(self.weight, choice.compute)
-        return self._states[key]
+        return self._state_for(choice.impl, choice.compute)
 
     @property
     def path(self) -> str:
@@ -162,9 +160,60 @@ class PreparedLinear:
         y = choice.impl.run(self._state(choice), x2d, bias, act or self._act)
         return y.reshape(*x.shape[:-1], w.n)
 
+    # ------------------------------------------------------------------ compiling
+
+    def traceable(self, dtype: torch.dtype = torch.float32) -> "TracedLinear":
+        """A :class:`TracedLinear` for inputs of ``dtype``: every row bucket of the plan
+        decided now (measured or read from the tuning cache), every chosen kernel packed,
+        so that ``torch.compile`` traces plain tensor code with no planning in it."""
+        p = self.plan_for(dtype)
+        p.decide(tuning.ROW_BUCKETS)
+        merged: list[list] = []
+        for c in p.choices:  # adjacent buckets with one kernel become one row range
+            if merged and merged[-1][2] is c.impl and merged[-1][3] == c.compute:
+                merged[-1][1] = c.max_rows
+            else:
+                merged.append([c.min_rows, c.max_rows, c.impl, c.compute])
+        ranges = tuple((lo, hi, impl.run, self._state_for(impl, compute), impl.name)
+                       for lo, hi, impl, compute in merged)
+        return TracedLinear(self.weight.k, self.weight.n, dtype, ranges, self._act)
+
+    def _state_for(self, impl, compute):
+        key = (id(impl), compute)
+        if key not in self._states:
+            self._states[key] = impl.prepare(self.weight, compute)
+        return self._states[key]
+
     def __repr__(self) -> str:
         return (f"PreparedLinear(op={self.op}, N={self.weight.n}, K={self.weight.k}, "
                 f"qtype={self.weight.qtype.name}, kernel={self.kernel!r})")
+
+
+class TracedLinear:
+    """A layer's kernels frozen for ``torch.compile``: ``(min_rows, max_rows, run, state,
+    name)`` per row range and the activation quantizer; calling it selects the range with plain
+    integer comparisons (``torch.compile`` specialises on them) and runs that kernel.  Made
+    by :meth:`PreparedLinear.traceable`; it holds the packed weights, not the plan."""
+
+    def __init__(self, k: int, n: int, dtype: torch.dtype, ranges: tuple, act):
+        self.k, self.n, self.dtype, self.ranges, self.act = k, n, dtype, ranges, act
+
+    def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None,
+                 act: ActQuantizer | None = None) -> torch.Tensor:
+        """``F.linear(fake_quant(x), dequantize(w), bias)`` on the frozen kernel for ``x``'s
+        rows; ``x`` ``[..., K]`` in :attr:`dtype`."""
+        x2d = x.reshape(-1, self.k)
+        rows = x2d.shape[0]
+        for lo, hi, run, state, _ in self.ranges:
+            if rows >= lo and (hi is None or rows < hi):
+                y = run(state, x2d.contiguous(), bias, act or self.act)
+                return y.reshape(*x.shape[:-1], self.n)
+        raise AssertionError(f"no row range holds {rows} rows")  # the ranges cover 0..inf
+
+    def describe(self) -> str:
+        """The frozen kernels per row range, e.g. ``"rows 0-7: aten._int_mm; rows>=8: ..."``."""
+        return "; ".join((f"rows {lo}-{hi - 1}" if hi is not None else f"rows>={lo}") +
+                         f": {name}" for lo, hi, _, _, name in self.ranges)
 
 
 def prepare_linear(qdata: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qtype,

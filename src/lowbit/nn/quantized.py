@@ -170,11 +170,38 @@ class QuantizedLinear(QuantizedModule):
         return p.summary()
 
     def _forward_kernel(self, x: torch.Tensor) -> torch.Tensor:
-        prepared = self._prepared()
         bias = self.bias
         if bias is not None and bias.dtype != x.dtype:
             bias = bias.to(x.dtype)
+        if torch.compiler.is_compiling():
+            traced = (self.__dict__.get("_frozen") or {}).get(x.dtype)
+            if traced is not None:
+                return traced(x, bias)
+            return _outside_graph(self._eager_kernel, x, bias)  # not frozen
+        return self._eager_kernel(x, bias)
+
+    def _eager_kernel(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The kernel as planned on first use (under a plain ``torch.compile`` this runs
+        outside the graph: :func:`lowbit.compile` freezes the kernels so they fuse)."""
+        prepared = self._prepared()
         return prepared(x, bias, self.__dict__["_kernel"][1])
+
+    def freeze_kernels(self, dtype: torch.dtype = torch.float32):
+        """Decide and pack this layer's kernel for every row count now, for inputs of
+        ``dtype``, so that ``torch.compile`` traces plain tensor code (see
+        :func:`lowbit.compile`).  Returns the frozen :class:`~lowbit.kernels.linear.TracedLinear`."""
+        traced = self._prepared().traceable(dtype)
+        traced.act = self.__dict__["_kernel"][1] or traced.act
+        frozen = dict(self.__dict__.get("_frozen") or {})
+        frozen[dtype] = traced
+        self.__dict__["_frozen"] = frozen
+        return traced
+
+
+@torch.compiler.disable
+def _outside_graph(fn, *args):
+    """``fn(*args)`` run eagerly even inside ``torch.compile`` (a graph break)."""
+    return fn(*args)
 
 
 class _OwnQuantizer:

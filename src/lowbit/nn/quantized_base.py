@@ -46,6 +46,7 @@ class QuantizedModule(nn.Module):
 
     def _invalidate_kernel(self) -> None:
         self.__dict__["_kernel"] = None
+        self.__dict__["_frozen"] = None
         self.__dict__["_kernel_cache_key"] = None
         self.__dict__["_plan"] = None
 
@@ -179,12 +180,27 @@ class QuantizedModule(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
 
     def _apply(self, fn, *args, **kwargs):
+        """``.to(dtype)``, ``.half()``, ``.cuda()``…: a float-dtype cast changes the dtype the
+        layer computes in (``weight_dtype``, bias) but never its qparams, which stay in the
+        precision they were chosen in (a bfloat16 scale would move every grid point)."""
         self._invalidate_kernel()
-        return super()._apply(fn, *args, **kwargs)
+        owners = [self] + ([self.act_quantizer] if self.act_quantizer is not None else [])
+        kept = [(o, n, getattr(o, n)) for o in owners for n in ("scale", "zero_point")
+                if isinstance(getattr(o, n, None), torch.Tensor)]
+        probe = fn(torch.empty(0, dtype=self.weight_dtype, device=self.qdata.device))
+        out = super()._apply(fn, *args, **kwargs)
+        if probe.is_floating_point():
+            self.weight_dtype = probe.dtype
+        for owner, name, before in kept:  # the original values, moved where fn moved them
+            t = getattr(owner, name)
+            if t.dtype != before.dtype:
+                setattr(owner, name, before.to(t.device))
+        return out
 
     def __getstate__(self):  # deepcopy/pickle: the cached kernel is rebuilt, not copied
         state = self.__dict__.copy()
         state["_kernel"] = state["_kernel_cache_key"] = state["_plan"] = None
+        state["_frozen"] = None
         return state
 
     def _forward_float(self, x_hat: torch.Tensor, w_hat: torch.Tensor) -> torch.Tensor:

@@ -45,6 +45,8 @@ def check_qparams(qp: QParams) -> None:
         raise InputError(f"qparams must be a lowbit QParams, got {type(qp).__name__}; pass "
                          "the result of choose_qparams or qparams_from_range")
     scale = qp.scale
+    if torch.compiler.is_compiling():  # a host sync; qparams were checked when stored
+        return
     if scale.device.type == "meta":
         raise InputError("QParams.scale is on the 'meta' device; choose qparams from real data")
     bad = ~(torch.isfinite(scale) & (scale > 0))
@@ -56,7 +58,10 @@ def check_qparams(qp: QParams) -> None:
 
 
 def check_finite(x: torch.Tensor, what: str = "tensor") -> None:
-    """Raise :class:`InputError` if ``x`` holds NaN or Inf."""
+    """Raise :class:`InputError` if ``x`` holds NaN or Inf (not checked while
+    ``torch.compile`` traces: the check is a host sync, see :func:`lowbit.compile`)."""
+    if torch.compiler.is_compiling():
+        return
     if x.is_floating_point() and not bool(torch.isfinite(x).all()):
         n_bad = int((~torch.isfinite(x)).sum())
         raise InputError(f"{what} contains {n_bad} NaN/Inf value(s) out of {x.numel()}; "
