@@ -11,13 +11,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lowbit.config import LayerConfig, QuantSpec
-from lowbit.errors import ConfigError, StateError
+from lowbit.errors import ConfigError, InputError, StateError
 from lowbit.nn.qat import QuantConv1d, QuantConv2d, QuantEmbedding, QuantLinear
 from lowbit.nn.quantized import (QuantizedConv1d, QuantizedConv2d, QuantizedEmbedding,
                                  QuantizedLinear)
 from lowbit.primitives.affine import choose_qparams, dequantize, quantize
 from lowbit.compat.seed001 import quantize_weight_per_channel
-from lowbit.types import (PerChannel, PerGroup, PerToken, Scheme, int4, int8, int16,
+from lowbit.types import (PerTensor, PerChannel, PerGroup, PerToken, Scheme, int4, int8, int16,
                           uint4, uint8)
 
 W8 = QuantSpec(qtype=int8, granularity=PerChannel(0))
@@ -229,3 +229,23 @@ def test_summary_and_repr_describe_storage():
     assert "packed=True" in repr(real)
     assert real.act_spec == A8_TOKEN and QuantizedLinear(2, 2).weight_spec.qtype == int8
     assert QuantizedLinear(2, 2).weight_spec.granularity == PerChannel(0)
+
+
+@pytest.mark.parametrize("spec", [
+    QuantSpec(qtype=int8, scheme=Scheme.SYMMETRIC, granularity=PerChannel(0)),
+    QuantSpec(qtype=int4, scheme=Scheme.AFFINE, granularity=PerChannel(0)),
+    QuantSpec(qtype=int4, scheme=Scheme.SYMMETRIC, granularity=PerGroup(4, 1)),
+    QuantSpec(qtype=int8, scheme=Scheme.SYMMETRIC, granularity=PerTensor()),
+])
+def test_embedding_gathers_codes_then_dequantizes_bit_identically(spec):
+    torch.manual_seed(0)
+    emb = QuantizedEmbedding.from_float(nn.Embedding(50, 16), LayerConfig(weight=spec))
+    idx = torch.randint(0, 50, (3, 7))
+    with torch.inference_mode():
+        assert torch.equal(emb(idx), emb._forward_reference(idx))
+
+
+def test_embedding_rejects_indices_outside_the_table():
+    emb = QuantizedEmbedding.from_float(nn.Embedding(5, 4), LayerConfig(weight=W8))
+    with pytest.raises(InputError, match=r"\[0, 4\]"):
+        emb(torch.tensor([[1, 5]]))

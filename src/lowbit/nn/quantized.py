@@ -293,6 +293,30 @@ class QuantizedEmbedding(QuantizedModule):
     def kernel_unsupported(self) -> str | None:
         return "embedding lookup: dequantizing the rows is the op; reference path"
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Look up rows of codes first, then dequantize only those (bit-identical to
+        dequantizing the whole table and looking up, which a table whose qparams span
+        several rows still does)."""
+        if self.block_size[0] != 1 or x.dtype not in (torch.int32, torch.int64):
+            return super().forward(x)
+        if (x.numel() and not torch.compiler.is_compiling()
+                and (int(x.min()) < 0 or int(x.max()) >= self.num_embeddings)):
+            from ..errors import InputError
+            raise InputError(f"embedding indices span [{int(x.min())}, {int(x.max())}] but "
+                             f"the table has {self.num_embeddings} rows; pass indices in "
+                             f"[0, {self.num_embeddings - 1}]")
+        idx = x.reshape(-1)
+        codes = self.qdata.index_select(0, idx)
+        if self.packed:
+            from ..primitives.packing import unpack_codes
+            codes = unpack_codes(codes, self.qtype, self.in_dim)
+        from ..primitives.affine import dequantize
+        from ..types import QParams
+        qp = QParams(self.scale.index_select(0, idx), self.zero_point.index_select(0, idx),
+                     self.qtype, self.block_size)
+        rows = dequantize(codes, qp, self.weight_dtype)
+        return rows.reshape(*x.shape, self.embedding_dim)
+
     def _forward_float(self, x_hat, w_hat):
         return F.embedding(x_hat, w_hat, self.padding_idx, None, self.norm_type,
                            self.scale_grad_by_freq, self.sparse)
