@@ -12,7 +12,6 @@ Writes FILE.onnx and FILE.json (export result, full info, validation).
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
@@ -103,20 +102,10 @@ def smaller_batch(batch: Any) -> Any:
     return type(batch)(cut(t) for t in batch)
 
 
-def _model(args: argparse.Namespace, example) -> Any:
-    if args.ckpt is not None:
-        import lowbit.model.checkpoint as ckpt
-
-        return ckpt.load(args.ckpt, copy.deepcopy(example.model))
-    from lowbit.cli.runner import quantize_example
-
-    return quantize_example(example, args.recipe).model
-
-
 def run(args: argparse.Namespace) -> int:
     """Export a quantized model to ONNX (QDQ) and optionally validate it in ONNX Runtime."""
     from lowbit.cli.examples import load_example
-    from lowbit.cli.runner import write_json
+    from lowbit.cli.runner import load_or_quantize, write_json
     from lowbit.errors import ExportError, LowbitError
 
     out = Path(args.out)
@@ -132,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
                           "pip install 'lowbit[onnx]'") from None
 
     example = load_example(args.model)
-    model = _model(args, example)
+    model = load_or_quantize(example, args.ckpt, args.recipe)
     inputs = example.calib_data[0]
     out.parent.mkdir(parents=True, exist_ok=True)
     exported = export_onnx(model, inputs, out, opset=args.opset,

@@ -30,7 +30,7 @@ Run = Callable[[argparse.Namespace], "int | None"]
 
 #: Modules under ``lowbit/cli/`` that each provide the subcommand of the same name.
 COMMAND_MODULES: tuple[str, ...] = ("demo", "quantize", "eval", "export", "compare", "report",
-                                    "search")
+                                    "search", "tune")
 
 #: The subcommand registry: name -> (add_arguments, run).
 COMMANDS: dict[str, tuple[AddArguments, Run]] = {}

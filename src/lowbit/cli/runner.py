@@ -72,6 +72,18 @@ def quantize_example(example: Example, recipe: Any, *, fq_impl: str = "reference
                    used)
 
 
+def load_or_quantize(example: Example, ckpt: str | None, recipe: Any) -> Any:
+    """The model of checkpoint ``ckpt`` (loaded into a copy of the example's float model),
+    or, without one, the example quantized with ``recipe`` and converted."""
+    if ckpt is not None:
+        import copy
+
+        import lowbit.model.checkpoint as checkpoint
+
+        return checkpoint.load(ckpt, copy.deepcopy(example.model))
+    return quantize_example(example, recipe).model
+
+
 def _without_calibration(example: Example, recipe: Any, fq_impl: str):
     """Prepare ``example.model`` and freeze its ranges without running any batch."""
     from lowbit.cli.flags import FlagError
