@@ -1,6 +1,7 @@
 """Fixtures shared by the whole test suite."""
 
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -8,7 +9,15 @@ import pytest
 
 def pytest_configure(config):
     """Kernel tuning decisions go to a cache of this test session, not the user's."""
-    os.environ["LOWBIT_CACHE"] = tempfile.mkdtemp(prefix="lowbit-test-cache-")
+    config._lowbit_cache = tempfile.mkdtemp(prefix="lowbit-test-cache-")
+    os.environ["LOWBIT_CACHE"] = config._lowbit_cache
+
+
+def pytest_unconfigure(config):
+    """Remove this session's kernel cache (a run leaves nothing behind in the temp dir)."""
+    path = getattr(config, "_lowbit_cache", None)
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _skip_unless_available(make):

@@ -120,3 +120,19 @@ def test_keep_dense_false_holds_no_float_weight(qweight, relerr):
     assert lean.memory()["extra"] == 0 and kept.memory()["extra"] == 8 * 64 * 4
     with pytest.raises(ConfigError, match=r"keep_dense='no'"):
         prepare_linear(*args, keep_dense="no")
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("path", ["auto", "integer", "dense"])
+def test_bfloat16_inputs_stay_within_the_stated_bfloat16_bound(qweight, relerr, fmt, path,
+                                                                skip_unless_available):
+    """A bfloat16 input may compute in bfloat16: the output moves from the float32 reference
+    on the same input by at most 3·2⁻⁹ relative (docs/kernels.md)."""
+    w, b, lin = skip_unless_available(lambda: _layer(qweight, fmt, path))
+    ref_lin = _layer(qweight, fmt, "reference")[2]
+    for m in (1, 5, 40):
+        x = torch.randn(m, 256).bfloat16()
+        ref = ref_lin(x.float(), b)
+        got = lin(x, b)
+        assert got.dtype == torch.bfloat16
+        assert relerr(got.float(), ref) <= 3 * 2 ** -9, (fmt, path, m, lin.last.describe())
