@@ -21,7 +21,8 @@ sums exact — on VNNI/AMX CPUs.
 
 The weight is packed once with its per-channel scales ``sw`` (codes shifted into int8 as in
 :mod:`.int8`, the engine's weight zero points 0), so the engine returns ``E = sw ⊗ acc``
-with ``acc`` the exact integer sum.  The epilogue, one multiply and one small GEMM, is ::
+with ``acc`` the exact integer sum.  The epilogue (two passes over ``[M, N]``, three with
+weight zero points) is ::
 
     y = sx ⊗ E − (sx·zx') ⊗ (sw·colsum) − (sx·rowsum') ⊗ (sw·zw) + 1 ⊗ bias
 
@@ -254,13 +255,13 @@ def run_engine(st: EngineState, x: torch.Tensor, bias, act) -> torch.Tensor:
         both = st.engine.matmul(st.packed, st.scale, u2)  # Σ a·w; Σ b·w (integers)
         e = both[:m].add_(both[m:], alpha=128.0)         # Σ u·w
         zx_eff = zx + 128.0
-    cols = [zx_eff.neg().expand(m, 1)]
+    # zp128: sw ⊗ Σ(q−zx)(w−zw); split7: Σ(u−zx')(w−zw), exact integers
+    e = e.addr_(zx_eff.reshape(-1).expand(m), st.corr[0], alpha=-1)
     if st.corr.shape[0] > 1:  # weight zero points: Σ_k q (or u) per row
-        rowsum = q.sum(dim=1, keepdim=True, dtype=torch.int32).float()
+        rowsum = q.sum(dim=1, dtype=torch.int32).float()
         if st.feed == "split7":
             rowsum = rowsum + 128.0 * st.k
-        cols.append(rowsum.neg_())
-    e = e.addmm_(torch.cat(cols, dim=1), st.corr)  # zp128: sw ⊗ Σ(q−zx)(w−zw); split7: Σ
+        e = e.addr_(rowsum, st.corr[1], alpha=-1)
     if st.feed == "zp128":
         y = e.mul_(sx) if bias is None else torch.addcmul(bias.float(), e, sx)
     else:
