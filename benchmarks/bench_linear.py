@@ -25,7 +25,7 @@ undisturbed run) over all calls of all rounds.  An integer kernel whose minimum 
 ``--give-up`` × float32's at some ``M >= 32`` is not run at larger ``M`` (recorded as
 skipped: ``_int_mm`` without VNNI would take minutes at 4096 rows).  Also reported: bytes of each quantized layer (qdata + scale + zero_point) against
 its float32 weight, and the targets of the issue, met or missed.  Writes
-``benchmarks/results/linear.json`` and ``linear.md``.
+``benchmarks/results/<name>.json`` and ``<name>.md`` (``--name``, default ``linear``).
 
     python benchmarks/bench_linear.py                 # full run (minutes on 2 cores)
     python benchmarks/bench_linear.py --quick         # M in {1, 8, 32}, 768->3072 only
@@ -322,6 +322,8 @@ def main(argv=None) -> int:
                         help="kernel tuning cache directory (default: a fresh temporary one, "
                              "so that auto measures every candidate in this run)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--name", default="linear",
+                        help="file stem of the results (e.g. linear_avx2 for an ISA-capped run)")
     args = parser.parse_args(argv)
     os.environ["LOWBIT_CACHE"] = str(args.cache or tempfile.mkdtemp(prefix="bench-linear-"))
     torch.set_num_threads(args.threads)
@@ -349,11 +351,11 @@ def main(argv=None) -> int:
     meta["winners"] = winners(all_rows)
     found = targets(all_rows, all_bytes)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "linear.json").write_text(json.dumps(
+    (args.out / f"{args.name}.json").write_text(json.dumps(
         {"meta": meta, "results": all_rows, "bytes": all_bytes, "targets": found,
          "errors": errors}, indent=1))
-    (args.out / "linear.md").write_text(markdown(meta, all_rows, all_bytes, found))
-    print(f"wrote {args.out / 'linear.json'} and linear.md; "
+    (args.out / f"{args.name}.md").write_text(markdown(meta, all_rows, all_bytes, found))
+    print(f"wrote {args.out / args.name}.json and .md; "
           f"{sum(t['met'] for t in found)}/{len(found)} targets met")
     return 0
 
