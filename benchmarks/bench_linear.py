@@ -29,8 +29,9 @@ its float32 weight, and the targets of the issue, met or missed.  Writes
 
     python benchmarks/bench_linear.py                 # full run (minutes on 2 cores)
     python benchmarks/bench_linear.py --quick         # M in {1, 8, 32}, 768->3072 only
-    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/bench_linear.py \
-        --out benchmarks/results/avx2                 # as on an AVX2-only CPU
+    # as on an AVX2-only CPU (fbgemm follows its own variable):
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 FBGEMM_ENABLE_INSTRUCTIONS=AVX2 \
+        python benchmarks/bench_linear.py --name linear_avx2
 """
 
 from __future__ import annotations
