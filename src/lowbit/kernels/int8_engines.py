@@ -17,17 +17,21 @@ silently.  ``a <= 127`` keeps every pair within int16 (``2·127·128 = 32512``) 
 x86 CPU, so ``split7`` is exact everywhere, at twice the multiply work (nearly free at few
 rows, where reading the weight is the cost).  ``zp128`` is available only where a check on
 saturating inputs (:func:`engine_exactness`, once per process and engine) finds the engine's
-sums exact — on VNNI/AMX CPUs.
+sums exact — on VNNI/AMX CPUs (both engines pass it on an AVX512-VNNI EPYC and fail it
+with ``ONEDNN_MAX_CPU_ISA=AVX2`` / ``FBGEMM_ENABLE_INSTRUCTIONS=AVX2``; oneDNN's ``_int_mm``
+fails lowbit's probe there for the same reason).
 
-The weight is packed once with its per-channel scales ``sw`` (codes shifted into int8 as in
-:mod:`.int8`, the engine's weight zero points 0), so the engine returns ``E = sw ⊗ acc``
-with ``acc`` the exact integer sum.  The epilogue (two passes over ``[M, N]``, three with
-weight zero points) is ::
+The weight's int8 codes are packed once (shifted as in :mod:`.int8`, the engine's weight zero
+points 0) with the per-channel scales ``sw`` for ``zp128``, so the engine returns
+``E = sw ⊗ acc`` (``acc`` the exact integer sum), and with unit scales for ``split7``, whose
+two blocks add up as exact integers first.  The epilogue, in place (two passes over
+``[M, N]``, one more with weight zero points), is for ``zp128`` ::
 
-    y = sx ⊗ E − (sx·zx') ⊗ (sw·colsum) − (sx·rowsum') ⊗ (sw·zw) + 1 ⊗ bias
+    y = sx ⊗ (E − zx' ⊗ (sw·colsum) − rowsum' ⊗ (sw·zw)) + 1 ⊗ bias
 
-with ``colsum = Σ_k w − K·zw`` and, for ``zp128``, ``zx' = zx``, ``rowsum' = Σ_k q``; for
-``split7`` ``zx' = zx + 128``, ``rowsum' = Σ_k u``.  That equals
+and for ``split7`` the same with ``sw`` moved outside: ``sx ⊗ sw · (acc − zx' ⊗ colsum −
+rowsum' ⊗ zw) + bias``; ``colsum = Σ_k w − K·zw`` and, for ``zp128``, ``zx' = zx``,
+``rowsum' = Σ_k q``; for ``split7`` ``zx' = zx + 128``, ``rowsum' = Σ_k u``.  That equals
 ``sx ⊗ sw · Σ_k (q − zx)(w − zw) + bias``: lowbit's W8A8 numerics, exact integer sums and a
 float32 epilogue (rounding relative ~1e-7; ``tests/kernels/test_int8_engines.py`` holds it to
 1e-6 against an int64 reference).
