@@ -6,7 +6,7 @@ runs PyTorch's integer kernels and ``dense`` its float GEMM on a dequantized-onc
 See :mod:`lowbit.kernels.dispatch` for how a kernel is chosen.
 """
 
-from . import dense, int4, int8  # noqa: F401  (register the implementations)
+from . import dense, int4, int8, int8_engines  # noqa: F401  (register the implementations)
 from .act import ACT_MODES, ActQuantizer, quantize_act
 from .conv import PreparedConv1d, PreparedConv2d, prepare_conv1d, prepare_conv2d
 from ..config import KERNEL_PATHS

@@ -12,8 +12,10 @@ A *path* is how: ``reference`` (dequantize on every call, plain float op: the sl
 always present), ``integer`` (PyTorch's integer kernels) and ``dense`` (dequantize once, keep
 the float weight, run PyTorch's float GEMM in float32 or bfloat16).  Implementations register
 themselves (:func:`register`); adding a kernel adds an entry, it does not edit a dispatcher.
-An op may have several integer kernels on one device (W8A8: ``_int_mm``, or int8 codes on the
-weight-only kernel where ``_int_mm`` has no fast path); the dispatch table names the one to use.
+An op may have several integer kernels on one device (W8A8: ``_int_mm``, int8 codes on the
+weight-only kernel, and the fbgemm and oneDNN quantized engines of :mod:`.int8_engines`);
+``auto`` times them on the machine at hand (:mod:`.dispatch`), a forced path runs the first
+that can run.
 """
 
 from __future__ import annotations
