@@ -136,3 +136,16 @@ def test_bfloat16_inputs_stay_within_the_stated_bfloat16_bound(qweight, relerr, 
         got = lin(x, b)
         assert got.dtype == torch.bfloat16
         assert relerr(got.float(), ref) <= 3 * 2 ** -9, (fmt, path, m, lin.last.describe())
+
+
+def test_a_traced_plan_never_takes_a_kernel_the_compiler_cannot_trace(qweight, fake_timer):
+    from lowbit.kernels.registry import registered, traceable
+    fake_timer(lambda name, rows: 1.0 if name.startswith(("fbgemm", "onednn")) else
+               2.0 if name == "aten._int_mm" else 3.0)
+    _, b, lin = _layer(qweight, "w8a8")
+    lin(torch.randn(5, 256), b)
+    if traceable(lin.last.impl):
+        pytest.skip("no x86 engine kernel runs here (the probe or its formats refused it)")
+    by_name = {k[3]: impl for k, impl in registered().items() if k[0] == "linear.w8a8"}
+    names = [r[4] for r in lin.traceable().ranges]
+    assert names and all(traceable(by_name[n]) for n in names), names

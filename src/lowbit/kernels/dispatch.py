@@ -27,7 +27,7 @@ from . import tuning
 from .act import ActQuantizer
 from .formats import ActFormat
 from .probe import probe
-from .registry import KernelImpl, candidates, find
+from .registry import KernelImpl, candidates, find, traceable
 from .weights import QuantWeight
 
 
@@ -117,11 +117,15 @@ class Plan:
         return paths, kernels, reasons
 
 
-def unusable(impl: KernelImpl | None, weight: QuantWeight, act=None) -> str | None:
+def unusable(impl: KernelImpl | None, weight: QuantWeight, act=None,
+             traced: bool = False) -> str | None:
     """None if ``impl`` can run ``weight`` with input format ``act`` on its device (integer
-    kernels are probed once), else the reason."""
+    kernels are probed once; with ``traced``, inside a ``torch.compile`` graph), else the
+    reason."""
     if impl is None:
         return "no implementation is registered"
+    if traced and not traceable(impl):
+        return "torch.compile cannot trace it"
     reason = impl.available(weight.device) or impl.supports(weight, act)
     if reason is None and impl.path == "integer":
         reason = probe(impl, weight.device)
@@ -141,10 +145,10 @@ def _compute_for(impl: KernelImpl, x_dtype: torch.dtype) -> torch.dtype | None:
     return None
 
 
-def _forced(op: str, weight, x_dtype, path: str, act) -> Plan:
+def _forced(op: str, weight, x_dtype, path: str, act, traced: bool = False) -> Plan:
     reasons = []
     for impl in candidates(op, path, weight.device):
-        reason = unusable(impl, weight, act)
+        reason = unusable(impl, weight, act, traced)
         compute = _compute_for(impl, x_dtype)
         if reason is None and compute is None:
             reason = (f"computes in {', '.join(str(d) for d in impl.compute_dtypes)}, not in "
@@ -163,24 +167,27 @@ def _forced(op: str, weight, x_dtype, path: str, act) -> Plan:
 
 
 def plan(op: str, weight: QuantWeight, x_dtype: torch.dtype, path: str = "auto",
-         act=None) -> Plan:
+         act=None, traced: bool = False) -> Plan:
     """Choose the kernel of ``op`` for every row count (see the module docstring).
 
     act: the input's :class:`~lowbit.kernels.formats.ActFormat` (or an act mode string; None
     for a float input), which the candidates' ``supports`` read.  Raises
     :class:`ConfigError` for an unknown path and :class:`KernelUnavailableError` when a forced
     path cannot run this weight on its device.
+    traced: only kernels ``torch.compile`` can trace compete (:func:`lowbit.compile`); their
+    decisions are cached apart from the eager ones.
     """
     check_kernel_path(path)
     act = ActFormat.from_mode(act)
     if path != "auto":
-        return _forced(op, weight, x_dtype, path, act)
+        return _forced(op, weight, x_dtype, path, act, traced)
     dense = find(op, "dense", weight.device)
     if not op.startswith("linear."):  # only linear ops are timed so far
         compute = _compute_for(dense, x_dtype) or dense.compute_dtypes[0]
         return Plan(op, "auto", fixed=Choice(0, None, dense, compute,
                                              f"no measured choice for {op}: the float path"))
-    return Plan(op, "auto", decide_bucket=_BucketDecider(op, weight, act, x_dtype, dense))
+    return Plan(op, "auto", decide_bucket=_BucketDecider(op, weight, act, x_dtype, dense,
+                                                         traced))
 
 
 #: A candidate slower than this many times the float path in its first calls is not timed
@@ -191,13 +198,15 @@ GIVE_UP = 3.0
 class _BucketDecider:
     """Decides one row bucket of an ``auto`` plan: cache, else measure, else the float path."""
 
-    def __init__(self, op, weight: QuantWeight, act: ActFormat | None, x_dtype, dense):
+    def __init__(self, op, weight: QuantWeight, act: ActFormat | None, x_dtype, dense,
+                 traced: bool = False):
         self.op, self.weight, self.act, self.x_dtype = op, weight, act, x_dtype
+        self.traced = traced
         self.float_choice = (dense, _compute_for(dense, x_dtype) or torch.float32)
         self.excluded: list[str] = []
         self.cands = [self.float_choice]
         for impl in candidates(op, "integer", weight.device):
-            reason = unusable(impl, weight, act)
+            reason = unusable(impl, weight, act, traced)
             compute = _compute_for(impl, x_dtype) if reason is None else None
             if reason is None and compute is None:
                 reason = f"computes in {impl.compute_dtypes[0]}, not {x_dtype} or float32"
@@ -212,7 +221,7 @@ class _BucketDecider:
                          f"{w.block_size[1]}", f"sym{int(w.symmetric)}",
                          act.describe() if act is not None else "float", f"N{w.n}", f"K{w.k}",
                          str(self.x_dtype).replace("torch.", ""),
-                         f"M{tuning.ROW_BUCKETS[index]}"])
+                         f"M{tuning.ROW_BUCKETS[index]}"] + (["traced"] if self.traced else []))
 
     def __call__(self, index: int) -> Choice:
         lo, hi = tuning.bucket_span(index)

@@ -312,7 +312,10 @@ def _register() -> None:
                 lambda w, dt, engine=engine, feed=feed: prepare_engine(w, engine, feed),
                 run_engine, (torch.float32,), _supports, _available(engine, feed),
                 f"{docs[engine]}, lowbit's per-token codes fed as uint8 ({feed}), "
-                "float32 epilogue", {"probe": ("int8", None, "dynamic_int8")}))
+                "float32 epilogue", {"probe": ("int8", None, "dynamic_int8"),
+                                     # packed ScriptObjects / an inductor lowering that
+                                     # rejects them: torch.compile cannot trace these
+                                     "traceable": False}))
 
 
 _register()

@@ -163,10 +163,11 @@ class PreparedLinear:
     # ------------------------------------------------------------------ compiling
 
     def traceable(self, dtype: torch.dtype = torch.float32) -> "TracedLinear":
-        """A :class:`TracedLinear` for inputs of ``dtype``: every row bucket of the plan
-        decided now (measured or read from the tuning cache), every chosen kernel packed,
-        so that ``torch.compile`` traces plain tensor code with no planning in it."""
-        p = self.plan_for(dtype)
+        """A :class:`TracedLinear` for inputs of ``dtype``: a plan among the kernels
+        ``torch.compile`` can trace, every row bucket decided now (measured or read from the
+        tuning cache), every chosen kernel packed, so that ``torch.compile`` traces plain
+        tensor code with no planning in it."""
+        p = plan(self.op, self.weight, dtype, self.requested_path, self.act, traced=True)
         p.decide(tuning.ROW_BUCKETS)
         merged: list[list] = []
         for c in p.choices:  # adjacent buckets with one kernel become one row range

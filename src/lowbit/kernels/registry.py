@@ -49,6 +49,11 @@ def linear_op(weight: QuantWeight, act) -> str:
     raise AssertionError(f"no op class for {weight.qtype} act={act}")  # 16 bits is the max
 
 
+def traceable(impl: "KernelImpl") -> bool:
+    """Whether ``torch.compile`` can trace ``impl.run`` into a graph."""
+    return bool(impl.extra.get("traceable", True))
+
+
 def _always(*_args) -> str | None:
     return None
 
@@ -67,6 +72,9 @@ class KernelImpl:
     one place formats are checked.
     available(device) -> None, or the reason the kernel cannot run on ``device``.
     compute_dtypes: the dtypes it computes in, preferred first.
+    extra: ``probe`` (how :mod:`.probe` checks it), ``traceable`` (False when
+    ``torch.compile`` cannot trace ``run``: :func:`lowbit.compile` then chooses among the
+    others; default True).
     """
 
     name: str
