@@ -16,7 +16,21 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dist_cases  # noqa: E402
-from lowbit.distributed import is_distributed, local, reduce_observers  # noqa: E402
+from lowbit.distributed import is_distributed, local, reduce_observers, run_owned  # noqa: E402
+
+
+def failing_block(rank: int) -> str:
+    """The error each rank raises when rank 1 fails on a layer it owns."""
+    def work(i):
+        if rank == 1:
+            raise ValueError(f"layer {i} failed on purpose")
+
+    layers = [torch.nn.Linear(2, 2) for _ in range(2)]
+    try:
+        run_owned(layers, work, [None, None])
+    except Exception as exc:  # noqa: BLE001 - the test compares the messages
+        return f"{type(exc).__name__}: {exc}"
+    return "no error"
 
 
 def main(out_dir: Path) -> None:
@@ -35,6 +49,7 @@ def main(out_dir: Path) -> None:
         state, recs = dist_cases.quantize_case(name, rank, world)
         tensors.update({f"model.{name}.{k}": v for k, v in state.items()})
         records[name] = [r.to_dict() for r in recs]
+    records["run_owned_error"] = failing_block(rank)
     save_file({k: v.contiguous() for k, v in tensors.items()},
               str(out_dir / f"rank{rank}.safetensors"))
     (out_dir / f"rank{rank}.json").write_text(json.dumps(records, default=str))

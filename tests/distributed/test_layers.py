@@ -73,3 +73,25 @@ def test_gptq_improves_on_rounding_with_two_ranks_too(two_rank_run):
         m = record["metrics"]
         if "gptq_output_mse" in m:
             assert m["gptq_output_mse"] <= m["rtn_output_mse"], record["name"]
+
+
+def test_an_error_on_one_rank_is_raised_on_every_rank(two_rank_run):
+    """Rank 1 fails on the layer it owns: it raises its own error, rank 0 a StateError
+    naming rank 1 (instead of waiting forever for rank 1's broadcast)."""
+    assert two_rank_run[3]["run_owned_error"] == "ValueError: layer 1 failed on purpose"
+    message = two_rank_run[2]["run_owned_error"]
+    assert message.startswith("StateError: rank 1 failed") and "on purpose" in message
+
+
+def test_alone_every_layer_is_done_in_order_and_errors_pass_through():
+    from lowbit.distributed import run_owned
+
+    done = []
+    run_owned([torch.nn.Linear(1, 1)] * 3, done.append, [None] * 3)
+    assert done == [0, 1, 2]
+
+    def fail(i):
+        raise ValueError(f"layer {i}")
+
+    with pytest.raises(ValueError, match="layer 0"):
+        run_owned([torch.nn.Linear(1, 1)] * 2, fail, [None] * 2)

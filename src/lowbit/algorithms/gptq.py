@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from ..config import QuantSpec
-from ..distributed import all_reduce_, all_reduce_count, owner, owns, share_layer
+from ..distributed import all_reduce_, all_reduce_count, run_owned
 from ..errors import ConfigError, InputError, check_int_range
 from ..nn.qat import QuantLinear
 from ..nn.quantizer import TensorQuantizer
@@ -256,13 +256,14 @@ class GPTQ(Algorithm):
                 h.remove()
             for _, m in layers:
                 m.weight_quantizer.enabled = True
-        for i, (n, m) in enumerate(layers):  # across ranks: reduce, one owner, share
+        for n, _ in layers:  # across ranks: every rank's rows (a no-op in one process)
             acc[n].all_reduce()
-            hessian = acc.pop(n).hessian()
-            if owns(i):
-                self.quantize_layer(m, hessian, ctx.record(n))
-        for i, (n, m) in enumerate(layers):
-            share_layer(m, ctx.record(n), owner(i))
+
+        def quantize(i: int) -> None:  # on the rank that owns layer i
+            n, m = layers[i]
+            self.quantize_layer(m, acc.pop(n).hessian(), ctx.record(n))
+
+        run_owned([m for _, m in layers], quantize, [ctx.record(n) for n, _ in layers])
 
     def quantize_layer(self, module: nn.Module, hessian: torch.Tensor, record=None) -> GPTQResult:
         """Run GPTQ on ``module`` (a calibrated QuantLinear) with ``hessian``; its weight

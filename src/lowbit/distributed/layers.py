@@ -5,7 +5,8 @@ all-reduces what it needs from them (GPTQ's ``XᵀX`` and row count, SmoothQuant
 ``max|X|``, AWQ's ``mean|X|`` and candidate errors), so every rank holds the statistics of
 all ranks' rows.  The expensive per-layer work then runs once: layer ``i`` of a block is
 quantized by rank :func:`owner` ``(i)`` and the result (weight, weight qparams, the layer's
-record) is broadcast from it with :func:`share_layer`, so every rank continues with
+record) is broadcast from it with :func:`share_layer` (:func:`run_owned` does both, and
+turns one rank's error into an error on every rank), so every rank continues with
 bit-identical weights.  In one process every rank owns every layer and nothing moves.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import StateError
 from ..types import QParams
 from . import comm
 
@@ -33,6 +35,38 @@ def all_reduce_count(n: int) -> int:
     if not comm.is_distributed():
         return n
     return int(comm.all_reduce_(torch.tensor([n], dtype=torch.int64), "sum"))
+
+
+def run_owned(modules: list[nn.Module], work, records: list) -> None:
+    """Call ``work(i)`` for every layer ``i`` of ``modules`` this rank owns, then give every
+    rank each layer's result from its owner (:func:`share_layer`, with ``records[i]``).
+
+    An error stops this rank's work and is raised on every rank (the others raise a
+    :class:`StateError` naming the failing rank and its message), so no rank waits forever
+    for a broadcast that will not come.  In one process: ``work(i)`` for every layer, in order.
+    """
+    error = None
+    for i in range(len(modules)):
+        if owns(i):
+            try:
+                work(i)
+            except Exception as exc:  # re-raised below, after the other ranks hear of it
+                error = exc
+                break
+    if not comm.is_distributed():
+        if error is not None:
+            raise error
+        return
+    failures = comm.all_gather_json(None if error is None else
+                                    f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    for r, message in enumerate(failures):
+        if message is not None:
+            raise StateError(f"rank {r} failed while quantizing its layers of this block "
+                             f"({message}); fix that rank's error (its own message says how)")
+    for i, module in enumerate(modules):
+        share_layer(module, records[i], owner(i))
 
 
 def share_layer(module: nn.Module, record, src: int) -> None:
