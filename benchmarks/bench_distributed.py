@@ -43,7 +43,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 CASES = ("minilm_auto", "smollm2_static", "smollm2_gptq")
-CONFIGS = (("1p x 1t", 1, 1), ("1p x 2t", 1, 2), ("2p x 1t", 2, 1))
+CONFIGS = (("1p x 1t", 1, 1), ("2p x 1t", 2, 1), ("1p x 2t", 1, 2))
 
 sys.path.insert(0, str(HERE))
 from bench_llm import cpu_model  # noqa: E402  (lscpu model, flags, load)
@@ -217,6 +217,8 @@ def main() -> None:
     parser.add_argument("--minilm-batches", type=int, default=8)
     parser.add_argument("--llm-batches", type=int, default=8)
     parser.add_argument("--llm-len", type=int, default=128)
+    parser.add_argument("--configs", default="1px1t,2px1t,1px2t",
+                        help="which of 1px1t, 2px1t, 1px2t to run (1px1t and 2px1t needed)")
     parser.add_argument("--out", default=str(RESULTS / "distributed"))
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
@@ -227,16 +229,18 @@ def main() -> None:
     result = {"machine": cpu_model(), "settings": {"minilm_batches": args.minilm_batches,
                                                    "llm_batches": args.llm_batches,
                                                    "llm_len": args.llm_len}, "cases": {}}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    configs = [c for c in CONFIGS if c[0].replace(" ", "") in args.configs.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         for case in args.cases.split(","):
             runs, folders = {}, {}
-            for name, procs, threads in CONFIGS:
+            for name, procs, threads in configs:
                 folders[name] = Path(tmp) / case / name.replace(" ", "")
                 runs[name] = run_config(case, procs, threads, args, folders[name])
                 print(case, name, runs[name], flush=True)
-            two = runs["2p x 1t"]
-            ratios = {}
-            for base in ("1p x 1t", "1p x 2t"):
+            two, ratios = runs["2p x 1t"], {}
+            for base in [c[0] for c in configs if c[1] == 1]:
                 ratios[f"wall 2p/{base.replace(' ', '')}"] = \
                     max(r["wall_s"] for r in two) / runs[base][0]["wall_s"]
                 ratios[f"peak RSS per rank 2p/{base.replace(' ', '')}"] = \
@@ -244,11 +248,9 @@ def main() -> None:
             ratios["CPU total 2p/1px1t"] = sum(r["cpu_s"] for r in two) / runs["1p x 1t"][0]["cpu_s"]
             result["cases"][case] = {"runs": runs, "ratios": ratios,
                                      "match": compare(folders["1p x 1t"], folders["2p x 1t"])}
-    result["machine"]["loadavg_end"] = list(os.getloadavg())
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(result))
+            result["machine"]["loadavg_end"] = list(os.getloadavg())
+            out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+            out.with_suffix(".md").write_text(markdown(result))  # after every case
     print(markdown(result))
 
 

@@ -86,3 +86,21 @@ def test_calibration_observers_are_the_activation_quantizers_only():
         assert [name for name, _ in found] == ["0.act_quantizer", "2.act_quantizer"]
         assert D.reduce_model_observers(fq) == 0  # alone: nothing to reduce
     assert D.calibration_observers(fq) == []  # frozen: nothing observing any more
+
+
+def test_the_readme_distributed_snippet_runs_in_one_process(tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    import dist_cases
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    (block,) = [b for b in re.findall(r"^```python\n(.*?)^```", readme, flags=re.M | re.S)
+                if "shard_batches(" in b]
+    monkeypatch.chdir(tmp_path)
+    scope = {"lowbit": lowbit, "model": dist_cases.StandIn(width=64),
+             "calib": dist_cases.model_batches(False)}
+    exec(compile(block, "README.md", "exec"), scope)
+    assert len(scope["mine"]) == len(scope["calib"])  # one process: the whole list
+    assert any("gptq_output_mse" in r.metrics for r in scope["records"])
+    assert (tmp_path / "ckpt" / "manifest.json").is_file()
