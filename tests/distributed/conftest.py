@@ -28,7 +28,9 @@ def rank_env(rank: int, world: int, port: int) -> dict:
     """The environment torchrun would give rank ``rank``, on the loopback address only."""
     env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-               GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
+               OMP_NUM_THREADS="1")
+    if Path("/sys/class/net/lo").exists():  # Linux: gloo on the loopback interface only
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import dist_cases
+from lowbit.runtime import one_thread
 
 EXACT = [n for n in dist_cases.OBSERVER_CASES if n not in ("moving_average", "mse_channel")]
 EXACT += list(dist_cases.FALLBACK_CASES)
@@ -25,17 +26,19 @@ def _case(tensors: dict, name: str) -> dict:
 
 @pytest.fixture(scope="module")
 def one_process():
-    """Every case's observer fed all batches in one process."""
-    return dist_cases.observer_tensors(dist_cases.observe_cases(0, 1))
+    """Every case's observer fed all batches in one process (one thread, as each rank)."""
+    with one_thread():
+        return dist_cases.observer_tensors(dist_cases.observe_cases(0, 1))
 
 
 @pytest.fixture(scope="module")
 def merged_shards():
     """Every case's observer as ``merge`` of the two shards' observers, in one process."""
-    first, second = dist_cases.observe_cases(0, 2), dist_cases.observe_cases(1, 2)
-    for (_, a), (_, b) in zip(first, second):
-        a.merge(b)
-    return dist_cases.observer_tensors(first)
+    with one_thread():
+        first, second = dist_cases.observe_cases(0, 2), dist_cases.observe_cases(1, 2)
+        for (_, a), (_, b) in zip(first, second):
+            a.merge(b)
+        return dist_cases.observer_tensors(first)
 
 
 def test_every_case_is_reduced_except_inside_local(two_rank_run):
