@@ -72,6 +72,8 @@ def test_torchrun_quantize_writes_what_one_process_writes(tmp_path, capsys):
     assert done.stdout.count("wrote ") == 1, "rank 0 alone prints and writes"
     for kind in ("calibrated", "quantized"):
         assert _weights(tmp_path / "two" / kind) == _weights(tmp_path / "one" / kind), kind
+        manifest = (tmp_path / "two" / kind / "manifest.json").read_text()
+        assert manifest == (tmp_path / "one" / kind / "manifest.json").read_text(), kind
     assert (tmp_path / "two" / "records.json").read_text() == \
         (tmp_path / "one" / "records.json").read_text()
 

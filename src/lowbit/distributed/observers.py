@@ -41,25 +41,34 @@ logger = logging.getLogger(__name__)
 _NEUTRAL = {"sum": 0, "min": float("inf"), "max": float("-inf")}
 
 
-def calibration_observers(model: nn.Module) -> list[tuple[str, Observer]]:
-    """``(module name, observer)`` of every activation quantizer that is observing, in
+def calibration_quantizers(model: nn.Module) -> list[tuple[str, TensorQuantizer]]:
+    """``(module name, quantizer)`` of every activation quantizer that is observing, in
     module order.  Weight quantizers are left out: each rank holds the same weights, and
     freezing observes them afresh."""
     weight_q = {id(getattr(m, "weight_quantizer", None)) for m in model.modules()}
-    out = []
-    for name, module in model.named_modules():
-        if (isinstance(module, TensorQuantizer) and module.observing
-                and id(module) not in weight_q and module.observer is not None):
-            out.append((name, module.observer))
-    return out
+    return [(name, module) for name, module in model.named_modules()
+            if isinstance(module, TensorQuantizer) and module.observing
+            and id(module) not in weight_q and module.observer is not None]
+
+
+def calibration_observers(model: nn.Module) -> list[tuple[str, Observer]]:
+    """``(module name, observer)`` of :func:`calibration_quantizers`."""
+    return [(name, q.observer) for name, q in calibration_quantizers(model)]
 
 
 def reduce_model_observers(model: nn.Module) -> int:
-    """Reduce the calibration observers of ``model`` across ranks (see the module doc);
-    returns how many were reduced (0 in one process)."""
+    """Reduce the calibration observers of ``model`` across ranks (see the module doc), and
+    sum how many tensors each quantizer observed; returns how many observers were reduced
+    (0 in one process)."""
     if not comm.is_distributed():
         return 0
-    return reduce_observers(calibration_observers(model))
+    quantizers = calibration_quantizers(model)
+    if quantizers:
+        counts = torch.tensor([q._n_observed for _, q in quantizers], dtype=torch.int64)
+        comm.all_reduce_(counts, "sum")
+        for (_, q), n in zip(quantizers, counts.tolist()):
+            q._n_observed = n
+    return reduce_observers([(name, q.observer) for name, q in quantizers])
 
 
 def reduce_observers(observers: Sequence[tuple[str, Observer]]) -> int:
