@@ -6,7 +6,8 @@ Cases (each rank calibrates on its contiguous share of the batches, ``shard_batc
   observer (histograms, the heaviest to update and to reduce); ``--minilm-batches`` batches
   of 8 pydoc sentences, up to 128 tokens.
 * ``smollm2_static``: SmolLM2-135M, ``w8a8-static`` with ``percentile`` activation ranges;
-  ``--llm-batches`` sequences of ``--llm-len`` tokens.
+  ``--llm-batches`` sequences of ``--llm-len`` tokens (``--llm-blocks N`` keeps only the
+  first N of the 30 decoder blocks, to fit a run on a busy machine).
 * ``smollm2_gptq``: SmolLM2-135M, ``w4a16-g64`` + GPTQ block by block (Hessians all-reduced,
   each layer quantized by one rank and broadcast); same sequences.
 
@@ -22,7 +23,9 @@ weights: how many codes differ).
 
 Writes ``benchmarks/results/distributed.json`` and ``distributed.md``.
 
-    nice -n 5 python benchmarks/bench_distributed.py [--cases minilm_auto,smollm2_static]
+    nice -n 5 python benchmarks/bench_distributed.py --configs 1px1t,2px1t --minilm-batches 32
+    nice -n 5 python benchmarks/bench_distributed.py --cases smollm2_gptq --llm-blocks 6 \
+        --configs 1px1t,2px1t --out benchmarks/results/distributed_gptq
 """
 
 from __future__ import annotations
@@ -91,6 +94,9 @@ def _load(case: str, args) -> tuple:
     from lowbit.zoo.smollm2 import calibration_batches, load_smollm2
 
     model, tokenizer = load_smollm2()
+    if args.llm_blocks < len(model.model.layers):  # a shorter stack: the first N blocks
+        model.model.layers = model.model.layers[:args.llm_blocks]
+        model.config.num_hidden_layers = args.llm_blocks
     batches = calibration_batches(tokenizer, n=args.llm_batches, seq_len=args.llm_len)
     if case == "smollm2_static":
         recipe = with_calib_method(lowbit.preset("w8a8-static"), "percentile:99.99")
@@ -156,7 +162,7 @@ def run_config(case: str, procs: int, threads: int, args, folder: Path) -> list[
     cmd = ["nice", "-n", "5", sys.executable, __file__, "--worker", "--case", case,
            "--threads", str(threads), "--out", str(folder),
            "--minilm-batches", str(args.minilm_batches), "--llm-batches", str(args.llm_batches),
-           "--llm-len", str(args.llm_len)]
+           "--llm-len", str(args.llm_len), "--llm-blocks", str(args.llm_blocks)]
     running = []
     for r in range(procs):
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
@@ -188,6 +194,27 @@ def compare(one: Path, two: Path) -> dict:
     return out
 
 
+def _same(match: dict) -> str:
+    text = "ranges bit-exact" if match["act_qparams_bit_exact"] else "ranges differ"
+    if "gptq_weights" in match:
+        text += f", {match['gptq_weights_differing_pct']:.3f} % of GPTQ weights differ"
+    return text if match["act_qparams"] or "gptq_weights" in match else "—"
+
+
+def summary(result: dict) -> str:
+    """One row per case: 1 process on 1 thread against 2 processes on 1 thread each."""
+    rows = ["| case | 1 process: wall s (CPU s) | 2 processes: wall s, slowest rank (CPU s, "
+            "both) | wall 2p/1p | peak RSS per rank 2p/1p | 2 processes vs 1 |",
+            "|---|---|---|---|---|---|"]
+    for case, runs in result["cases"].items():
+        one, two = runs["runs"]["1p x 1t"][0], runs["runs"]["2p x 1t"]
+        rows.append(f"| {case} | {one['wall_s']:.1f} ({one['cpu_s']:.1f}) | "
+                    f"{max(r['wall_s'] for r in two):.1f} ({sum(r['cpu_s'] for r in two):.1f}) | "
+                    f"{runs['ratios']['wall 2p/1px1t']:.2f} | "
+                    f"{runs['ratios']['peak RSS per rank 2p/1px1t']:.2f} | {_same(runs['match'])} |")
+    return "\n".join(rows)
+
+
 def markdown(result: dict) -> str:
     m = result["machine"]
     lines = ["# Calibration across processes (torch.distributed, gloo)", "",
@@ -196,7 +223,8 @@ def markdown(result: dict) -> str:
              "Per rank: wall and CPU seconds of `quantize_model` (prepare, calibration, "
              "reduction, algorithms), seconds spent reducing observers, RSS before "
              "calibration and peak RSS during it (MB). Ratios: 2 processes against each 1-process "
-             "baseline (wall: slowest rank; memory: the larger rank).", ""]
+             "baseline (wall: slowest rank; memory: the larger rank).", "",
+             summary(result), ""]
     for case, runs in result["cases"].items():
         lines += [f"## {case}", "", "| config | rank | batches | wall s | CPU s | reduce s | "
                   "RSS before MB | peak RSS MB | load 1 min |", "|---|---|---|---|---|---|---|---|---|"]
@@ -217,6 +245,8 @@ def main() -> None:
     parser.add_argument("--minilm-batches", type=int, default=8)
     parser.add_argument("--llm-batches", type=int, default=8)
     parser.add_argument("--llm-len", type=int, default=128)
+    parser.add_argument("--llm-blocks", type=int, default=30,
+                        help="keep only the first N of SmolLM2's 30 decoder blocks")
     parser.add_argument("--configs", default="1px1t,2px1t,1px2t",
                         help="which of 1px1t, 2px1t, 1px2t to run (1px1t and 2px1t needed)")
     parser.add_argument("--out", default=str(RESULTS / "distributed"))
@@ -228,7 +258,8 @@ def main() -> None:
         return worker(args)
     result = {"machine": cpu_model(), "settings": {"minilm_batches": args.minilm_batches,
                                                    "llm_batches": args.llm_batches,
-                                                   "llm_len": args.llm_len}, "cases": {}}
+                                                   "llm_len": args.llm_len,
+                                                   "llm_blocks": args.llm_blocks}, "cases": {}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     configs = [c for c in CONFIGS if c[0].replace(" ", "") in args.configs.split(",")]

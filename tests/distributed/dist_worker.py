@@ -33,6 +33,16 @@ def failing_block(rank: int) -> str:
     return "no error"
 
 
+def mismatched_observers(rank: int) -> str:
+    """The error each rank raises when the ranks list different observers."""
+    obs = dist_cases.observe_cases(rank, 2)[0][1]
+    try:
+        reduce_observers([(f"layer{rank}", obs)])
+    except Exception as exc:  # noqa: BLE001 - the test compares the messages
+        return f"{type(exc).__name__}: {exc}"
+    return "no error"
+
+
 def main(out_dir: Path) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
@@ -50,6 +60,7 @@ def main(out_dir: Path) -> None:
         tensors.update({f"model.{name}.{k}": v for k, v in state.items()})
         records[name] = [r.to_dict() for r in recs]
     records["run_owned_error"] = failing_block(rank)
+    records["mismatch_error"] = mismatched_observers(rank)
     save_file({k: v.contiguous() for k, v in tensors.items()},
               str(out_dir / f"rank{rank}.safetensors"))
     (out_dir / f"rank{rank}.json").write_text(json.dumps(records, default=str))

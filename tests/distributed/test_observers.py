@@ -96,3 +96,10 @@ def test_the_moving_average_reduces_like_merge(two_rank_run, merged_shards):
                                    rtol=1e-14, atol=0.0)
     for key in ("state.n_batches", "state.n_out", "state.n_seen"):
         assert torch.equal(reduced[key], merged_shards[f"moving_average.{key}"]), key
+
+
+def test_ranks_listing_different_observers_all_get_a_state_error(two_rank_run):
+    for records in two_rank_run[2:]:
+        message = records["mismatch_error"]
+        assert message.startswith("StateError: rank 1 calibrates other layers than rank 0")
+        assert "same model with the same recipe" in message

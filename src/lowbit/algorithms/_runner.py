@@ -253,7 +253,8 @@ def run_blocks(model: nn.Module, calib_data: Any, step: Callable[[BlockContext],
 
     sequential: True feeds each block the outputs of the blocks already changed by
     ``step``; False feeds the float outputs.  progress: True shows a tqdm bar per block
-    (on stderr, on rank 0 only under torch.distributed), a callable is called with the count of blocks done, False logs only.
+    (on stderr; rank 0 only under torch.distributed), a callable is called with the count
+    of blocks done, False logs only.
     record: maps a qualified layer name to its LayerRecord (passed on in the context).
     Returns the number of blocks processed.
     """

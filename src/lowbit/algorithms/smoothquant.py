@@ -3,8 +3,9 @@
 Xiao, Lin, Seznec, Wu, Demouth & Han, "SmoothQuant: Accurate and Efficient Post-Training
 Quantization for Large Language Models" (ICML 2023), eq. 4: per input channel ``j``
 ``s_j = max|X_j|^α / max|W_j|^(1−α)``, then ``Y = (X diag(s)⁻¹)(diag(s) W)``.  ``max|X_j|``
-is taken over every calibration row the layers of a group receive, ``max|W_j|`` over the
-column ``j`` of all of them (under ``torch.distributed``, the rows of every rank).  The scale is folded exactly into the producing norm (see
+is taken over every calibration row the layers of a group receive (under
+``torch.distributed``, the rows of every rank), ``max|W_j|`` over the column ``j`` of all
+of them.  The scale is folded exactly into the producing norm (see
 :mod:`lowbit.algorithms._fold`); groups with no foldable producer keep their weights.
 """
 

@@ -120,10 +120,17 @@ def _meta(name: str, obs: Observer) -> dict:
 
 
 def _check_agree(name: str, donors: list[dict]) -> None:
+    """Ranks that saw data must agree on the spec, the state's shapes and the block layout
+    (up to singleton dimensions, as :meth:`Observer.merge` allows)."""
     first = donors[0]
+
+    def shapes(m):
+        return {k: v for k, v in m["shapes"].items() if k not in ("stat_shape", "block_size")}
+
     for m in donors[1:]:
-        if m["spec"] != first["spec"] or m["shapes"] != first["shapes"] \
-                or _squeeze(m["same"].get("stat_shape")) != _squeeze(first["same"].get("stat_shape")):
+        layout = _squeeze(m["same"].get("stat_shape"))
+        if m["spec"] != first["spec"] or shapes(m) != shapes(first) \
+                or layout != _squeeze(first["same"].get("stat_shape")):
             raise StateError(f"{name}: the ranks' observers differ in spec or block layout "
                              f"({m['spec']}, {m['shapes']} vs {first['spec']}, "
                              f"{first['shapes']}); feed every rank tensors of the same layout")
