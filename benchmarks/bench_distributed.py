@@ -219,7 +219,10 @@ def markdown(result: dict) -> str:
     m = result["machine"]
     lines = ["# Calibration across processes (torch.distributed, gloo)", "",
              f"CPU: {m['cpu']} ({m['cpu_count']} cores, shared), flags {' '.join(m['flags'])}; "
-             f"torch {m['torch']}; load average at start {m['loadavg_1_5_15']}.", "",
+             f"torch {m['torch']}; load average (1, 5, 15 min) at start "
+             f"{[round(x, 1) for x in m['loadavg_1_5_15']]}, at the end "
+             f"{[round(x, 1) for x in m.get('loadavg_end', [])]}.", "",
+             f"Settings: {json.dumps(result['settings'])}.", "",
              "Per rank: wall and CPU seconds of `quantize_model` (prepare, calibration, "
              "reduction, algorithms), seconds spent reducing observers, RSS before "
              "calibration and peak RSS during it (MB). Ratios: 2 processes against each 1-process "
@@ -253,9 +256,15 @@ def main() -> None:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--render", action="store_true",
+                        help="rewrite OUT.md from OUT.json (no measuring)")
     args = parser.parse_args()
     if args.worker:
         return worker(args)
+    if args.render:
+        out = Path(args.out)
+        out.with_suffix(".md").write_text(markdown(json.loads(out.with_suffix(".json").read_text())))
+        return None
     result = {"machine": cpu_model(), "settings": {"minilm_batches": args.minilm_batches,
                                                    "llm_batches": args.llm_batches,
                                                    "llm_len": args.llm_len,
