@@ -19,7 +19,7 @@ wall time, process CPU time, time spent reducing observers, RSS before calibrati
 peak RSS during it (``VmHWM`` after resetting it through ``/proc/self/clear_refs`` just
 before calibrating; the JSON says when the reset was refused and the mark includes loading).  Each
 2-process result is compared with the 1-process one (activation qparams bit-exact; GPTQ
-weights: how many codes differ).
+weights: the share of integer codes that differ, since reordered sums move scales by ulps).
 
 Writes ``benchmarks/results/distributed.json`` and ``distributed.md``.
 
@@ -101,7 +101,7 @@ def _load(case: str, args) -> tuple:
     if case == "smollm2_static":
         recipe = with_calib_method(lowbit.preset("w8a8-static"), "percentile:99.99")
         return model, recipe, batches, None
-    return model, "w4a16-g64", batches, [lowbit.GPTQ()]
+    return model, "w4a16-g64", batches, [lowbit.GPTQ(hessian_dtype=args.gptq_hessian)]
 
 
 def worker(args) -> None:
@@ -132,19 +132,24 @@ def worker(args) -> None:
     if created:
         dist.barrier()  # start together
     wall, cpu = time.perf_counter(), time.process_time()
-    fake, _ = lowbit.quantize_model(model, recipe, mine, convert=False, algorithms=algos)
+    fake, records = lowbit.quantize_model(model, recipe, mine, convert=False, algorithms=algos)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    ratios = [r.metrics["gptq_output_mse"] / r.metrics["rtn_output_mse"] for r in records
+              if r.metrics.get("rtn_output_mse")]
     out = {"rank": rank(), "batches": len(mine), "wall_s": wall, "cpu_s": cpu,
            "reduce_s": reduce_seconds[0], "rss_before_mb": rss_before / 1024,
            "peak_rss_mb": _peak_kb() / 1024, "peak_since_calibration_start": reset,
-           "loadavg": list(os.getloadavg())}
+           "loadavg": list(os.getloadavg()),
+           "gptq_vs_rtn_output_mse_mean": sum(ratios) / len(ratios) if ratios else None}
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if rank() == 0:
         from safetensors.torch import save_file
 
         keep = {k: v.detach().contiguous() for k, v in fake.state_dict().items()
                 if k.endswith(("act_quantizer.scale", "act_quantizer.zero_point"))
-                or (algos and k.endswith(".weight") and ".layers." in k and "norm" not in k)}
+                or (algos and ".layers." in k and "norm" not in k and k.endswith(
+                    (".weight", "weight_quantizer.scale", "weight_quantizer.zero_point",
+                     "weight_quantizer.block_size")))}
         save_file(keep, str(Path(args.out) / "model.safetensors"))
     (Path(args.out) / f"rank{rank()}.json").write_text(json.dumps(out))
     if created:
@@ -162,7 +167,8 @@ def run_config(case: str, procs: int, threads: int, args, folder: Path) -> list[
     cmd = ["nice", "-n", "5", sys.executable, __file__, "--worker", "--case", case,
            "--threads", str(threads), "--out", str(folder),
            "--minilm-batches", str(args.minilm_batches), "--llm-batches", str(args.llm_batches),
-           "--llm-len", str(args.llm_len), "--llm-blocks", str(args.llm_blocks)]
+           "--llm-len", str(args.llm_len), "--llm-blocks", str(args.llm_blocks),
+           "--gptq-hessian", args.gptq_hessian]
     running = []
     for r in range(procs):
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
@@ -186,19 +192,41 @@ def compare(one: Path, two: Path) -> dict:
     weights = [k for k in a if k.endswith(".weight")]
     out = {"act_qparams": len(act),
            "act_qparams_bit_exact": all(torch.equal(a[k], b[k]) for k in act)}
-    if weights:
-        differ = sum(int((a[k] != b[k]).sum()) for k in weights)
-        total = sum(a[k].numel() for k in weights)
-        out.update(gptq_weights=total, gptq_weights_differing=differ,
-                   gptq_weights_differing_pct=100.0 * differ / total)
+    if weights:  # GPTQ: the weights are (q - z)·s; compare the codes q and the values
+        import lowbit
+
+        codes_differ = far = total = 0
+        for k in weights:
+            qp = {}
+            for run, t in (("one", a), ("two", b)):
+                p = k[:-len("weight")] + "weight_quantizer."
+                qp[run] = lowbit.QParams(t[p + "scale"], t[p + "zero_point"], lowbit.int4,
+                                         tuple(int(n) for n in t[p + "block_size"]))
+            q1, q2 = lowbit.quantize(a[k], qp["one"]), lowbit.quantize(b[k], qp["two"])
+            codes_differ += int((q1 != q2).sum())
+            far += int(((q1.int() - q2.int()).abs() > 1).sum())
+            total += a[k].numel()
+        out.update(gptq_weights=total, gptq_codes_differing=codes_differ,
+                   gptq_codes_differing_pct=100.0 * codes_differ / total,
+                   gptq_codes_off_by_more_than_1_pct=100.0 * far / total,
+                   gptq_weights_bit_exact=all(torch.equal(a[k], b[k]) for k in weights))
     return out
 
 
 def _same(match: dict) -> str:
     text = "ranges bit-exact" if match["act_qparams_bit_exact"] else "ranges differ"
     if "gptq_weights" in match:
-        text += f", {match['gptq_weights_differing_pct']:.3f} % of GPTQ weights differ"
+        text += (f"; GPTQ codes differ in {match['gptq_codes_differing_pct']:.2f} % of "
+                 f"{match['gptq_weights']} weights (by more than one step in "
+                 f"{match['gptq_codes_off_by_more_than_1_pct']:.2f} %)")
     return text if match["act_qparams"] or "gptq_weights" in match else "—"
+
+
+def _quality(one: dict, two: dict) -> str:
+    a, b = one.get("gptq_vs_rtn_output_mse_mean"), two.get("gptq_vs_rtn_output_mse_mean")
+    if a is None or b is None:
+        return ""
+    return f"; GPTQ/RTN layer output MSE, mean: {a:.4f} (1p), {b:.4f} (2p)"
 
 
 def summary(result: dict) -> str:
@@ -211,7 +239,8 @@ def summary(result: dict) -> str:
         rows.append(f"| {case} | {one['wall_s']:.1f} ({one['cpu_s']:.1f}) | "
                     f"{max(r['wall_s'] for r in two):.1f} ({sum(r['cpu_s'] for r in two):.1f}) | "
                     f"{runs['ratios']['wall 2p/1px1t']:.2f} | "
-                    f"{runs['ratios']['peak RSS per rank 2p/1px1t']:.2f} | {_same(runs['match'])} |")
+                    f"{runs['ratios']['peak RSS per rank 2p/1px1t']:.2f} | {_same(runs['match'])}"
+                    f"{_quality(one, two[0])} |")
     return "\n".join(rows)
 
 
@@ -248,6 +277,8 @@ def main() -> None:
     parser.add_argument("--minilm-batches", type=int, default=8)
     parser.add_argument("--llm-batches", type=int, default=8)
     parser.add_argument("--llm-len", type=int, default=128)
+    parser.add_argument("--gptq-hessian", default="float32", choices=("float32", "float64"),
+                        help="GPTQ's Hessian dtype (float64: reordered sums move less)")
     parser.add_argument("--llm-blocks", type=int, default=30,
                         help="keep only the first N of SmolLM2's 30 decoder blocks")
     parser.add_argument("--configs", default="1px1t,2px1t,1px2t",
@@ -268,7 +299,9 @@ def main() -> None:
     result = {"machine": cpu_model(), "settings": {"minilm_batches": args.minilm_batches,
                                                    "llm_batches": args.llm_batches,
                                                    "llm_len": args.llm_len,
-                                                   "llm_blocks": args.llm_blocks}, "cases": {}}
+                                                   "llm_blocks": args.llm_blocks,
+                                                   "gptq_hessian": args.gptq_hessian},
+              "cases": {}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     configs = [c for c in CONFIGS if c[0].replace(" ", "") in args.configs.split(",")]
