@@ -23,9 +23,12 @@ weights: the share of integer codes that differ, since reordered sums move scale
 
 Writes ``benchmarks/results/distributed.json`` and ``distributed.md``.
 
-    nice -n 5 python benchmarks/bench_distributed.py --configs 1px1t,2px1t --minilm-batches 32
+    nice -n 5 python benchmarks/bench_distributed.py --configs 1px1t,2px1t --minilm-batches 32 \
+        --cases minilm_auto,smollm2_static
     nice -n 5 python benchmarks/bench_distributed.py --cases smollm2_gptq --llm-blocks 6 \
         --configs 1px1t,2px1t --out benchmarks/results/distributed_gptq
+    nice -n 5 python benchmarks/bench_distributed.py --cases smollm2_gptq --llm-blocks 6 \
+        --configs 1px1t,2px1t --gptq-hessian float64 --out benchmarks/results/distributed_gptq_f64
 """
 
 from __future__ import annotations
