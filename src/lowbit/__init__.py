@@ -10,6 +10,8 @@ from .config import LayerConfig, QuantSpec, parse_method
 from .errors import (CheckpointError, ConfigError, ExportError, InputError,
                      KernelUnavailableError, LowbitError, StateError)
 from .export import ExportResult, export_onnx, onnx_info, validate_onnx
+from . import distributed  # lowbit.distributed.is_main(), .local(), ... (torch.distributed)
+from .distributed import shard_batches
 from .compat import (PTQPipeline, QuantizationConfig, calculate_quantization_error, dequantize,
                      quantize_symmetric, quantize_weight_per_channel, recipe_from_flags)
 from .config import FQ_IMPLS, KERNEL_PATHS

@@ -53,7 +53,10 @@ def quantize_model(model: nn.Module, recipe: Any, calib_data: Any, *,
     automatically when None). sequential: feed each block the quantized outputs of the one
     before (False: the float outputs). act_dtype: keep captured block inputs in this dtype
     (e.g. torch.bfloat16) to save memory. seed: seeds torch before the algorithms run.
-    Returns ``(model, records)``.
+    Returns ``(model, records)``.  Under ``torch.distributed`` (more than one rank)
+    ``calib_data`` is this rank's share (:func:`lowbit.shard_batches`): ranges, Hessians and
+    activation statistics are combined across ranks and every rank returns the same model
+    (save it from rank 0: ``lowbit.distributed.is_main()``).
     """
     fq_impl = resolve_fq_impl(fq_impl, backend)
     algos = parse_algorithms(algorithms)

@@ -11,8 +11,9 @@ division is folded into the producer of ``x`` when that is exact:
   ``1/s`` into ``weight`` and ``bias``.
 
 A fold is kept only if the block's float output is unchanged (relative error ≤ ``tol`` on the
-first captured call, fake quantization off); otherwise it is undone, so a producer whose output
-has other consumers (a residual stream, a layer outside the group) is never changed silently.
+first captured call, fake quantization off; under ``torch.distributed`` the largest error of
+all ranks decides for all); otherwise it is undone, so a producer whose output has other
+consumers (a residual stream, a layer outside the group) is never changed silently.
 Groups without a foldable producer are left as they are and reported.
 """
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..distributed import all_reduce_
 from ..nn.qat import QuantLinear, weight_matrix
 
 #: Largest relative change of the block's float output a fold may cause.
@@ -141,7 +143,8 @@ def fold_scales(ctx, group: InputGroup, s: torch.Tensor, tol: float = FOLD_TOLER
         for layer in group.layers:
             layer.weight.mul_(s.to(layer.weight.dtype).unsqueeze(0))
     after = _float_output(ctx)
-    rel = float((after - before).norm() / before.norm().clamp_min(1e-30))
+    rel = (after - before).norm() / before.norm().clamp_min(1e-30)
+    rel = float(all_reduce_(rel.reshape(1).double(), "max"))  # one decision for all ranks
     if not rel <= tol:
         with torch.no_grad():
             for p, old in saved:

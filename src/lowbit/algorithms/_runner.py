@@ -15,6 +15,9 @@ processed one block at a time:
    earlier blocks are seen and compensated by later ones); ``sequential=False`` feeds the
    float outputs, computed before ``step`` changes the block.
 
+Under ``torch.distributed`` each rank captures and replays its own calibration batches;
+the algorithms combine their statistics across ranks (:mod:`lowbit.distributed.layers`).
+
 Memory: the captured arguments of every batch for one block boundary, plus one block's
 state; the hidden states may be kept in a smaller dtype (``act_dtype``, e.g. bfloat16).
 The runner knows nothing of any algorithm.
@@ -29,6 +32,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from ..distributed import is_main
 from ..errors import ConfigError, StateError
 from ..model.batches import call_batch, check_calib_data, is_forward_loop
 
@@ -249,14 +253,15 @@ def run_blocks(model: nn.Module, calib_data: Any, step: Callable[[BlockContext],
 
     sequential: True feeds each block the outputs of the blocks already changed by
     ``step``; False feeds the float outputs.  progress: True shows a tqdm bar per block
-    (on stderr), a callable is called with the count of blocks done, False logs only.
+    (on stderr; rank 0 only under torch.distributed), a callable is called with the count
+    of blocks done, False logs only.
     record: maps a qualified layer name to its LayerRecord (passed on in the context).
     Returns the number of blocks processed.
     """
     found = find_blocks(model, blocks)
     inputs = capture_block_inputs(model, found[0][1], calib_data, max_batches, act_dtype)
     bar = None
-    if progress is True:
+    if progress is True and is_main():  # one bar, on rank 0 under torch.distributed
         from tqdm import tqdm
 
         bar = tqdm(total=len(found), desc="blocks", unit="block", leave=False)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..distributed import all_reduce_, all_reduce_count, is_distributed, world_size
 from ..errors import check_int_range
 from ..nn.qat import weight_matrix
 from ..nn.quantizer import TensorQuantizer
@@ -31,34 +32,42 @@ def _fake_quant(w: torch.Tensor, spec) -> torch.Tensor:
 
 
 def _rows(inputs: list[torch.Tensor], max_rows: int) -> torch.Tensor:
+    """At most ``max_rows`` evenly spaced rows (under ``torch.distributed``: per rank, an
+    equal part of ``max_rows``)."""
     x = torch.cat(inputs)  # [N, K]
+    max_rows = -(-max_rows // world_size()) if is_distributed() else max_rows
     if x.shape[0] > max_rows:
         x = x[torch.linspace(0, x.shape[0] - 1, max_rows).long()]
     return x
 
 
-def search_scales(x: torch.Tensor, weights: list[torch.Tensor], specs: list, grid: int
-                  ) -> tuple[torch.Tensor, float, float, float]:
-    """``(s, alpha, best mse, plain rounding's mse)`` for inputs ``x [N, K]`` and the group's
-    weights ``[O_i, K]`` with their specs (see the module doc)."""
-    ref = [x @ w.t() for w in weights]  # [N, O_i]
-    x_mean = x.abs().mean(0)  # [K]
-
-    def error(s: torch.Tensor) -> float:
-        total = 0.0
-        for w, spec, y in zip(weights, specs, ref):
-            wq = _fake_quant(w * s, spec) / s  # [O_i, K]
-            total += float((x @ wq.t() - y).pow(2).sum())
-        return total / sum(y.numel() for y in ref)
-
-    ones = torch.ones_like(x_mean)
-    rtn = best_err = error(ones)
-    best, best_alpha = ones, 0.0
+def candidate_scales(x_mean: torch.Tensor, grid: int) -> list[tuple[float, torch.Tensor]]:
+    """``(alpha, s)`` for ``alpha = 0, 1/grid, ..., (grid-1)/grid`` (``s = 1`` at 0)."""
+    out = [(0.0, torch.ones_like(x_mean))]
     for i in range(1, grid):
         alpha = i / grid
         s = x_mean.clamp_min(1e-8).pow(alpha)
-        s = (s / (s.max() * s.min()).sqrt()).clamp_min(1e-4)
-        err = error(s)
+        out.append((alpha, (s / (s.max() * s.min()).sqrt()).clamp_min(1e-4)))
+    return out
+
+
+def search_scales(x: torch.Tensor, weights: list[torch.Tensor], specs: list, grid: int
+                  ) -> tuple[torch.Tensor, float, float, float]:
+    """``(s, alpha, best mse, plain rounding's mse)`` for inputs ``x [N, K]`` and the group's
+    weights ``[O_i, K]`` with their specs (see the module doc).  Under ``torch.distributed``
+    ``mean|X|`` and the candidates' squared errors are summed over every rank's rows."""
+    ref = [x @ w.t() for w in weights]  # [N, O_i]
+    x_mean = all_reduce_(x.abs().sum(0), "sum") / all_reduce_count(x.shape[0])  # [K]
+    candidates = candidate_scales(x_mean, grid)
+    sse = torch.zeros(len(candidates), dtype=torch.float64)  # summed squared errors
+    for c, (_, s) in enumerate(candidates):
+        for w, spec, y in zip(weights, specs, ref):
+            wq = _fake_quant(w * s, spec) / s  # [O_i, K]
+            sse[c] += float((x @ wq.t() - y).pow(2).sum())
+    errors = (all_reduce_(sse, "sum") / all_reduce_count(sum(y.numel() for y in ref))).tolist()
+    rtn = best_err = errors[0]
+    best, best_alpha = candidates[0][1], 0.0
+    for (alpha, s), err in zip(candidates[1:], errors[1:]):
         if err < best_err:
             best, best_alpha, best_err = s, alpha, err
     return best, best_alpha, best_err, rtn

@@ -22,7 +22,9 @@ The result is what lowbit's convert stores: the weight becomes exactly the dequa
 kernels treat a GPTQ layer like any other (exactly for float32 weights; a bfloat16 weight
 cannot hold every ``(q − z)·s``, so convert may re-round a few codes).  Within one block the
 Hessians of all layers come from one pass over the block with float weights; the block's
-quantized outputs then feed the next block.
+quantized outputs then feed the next block.  Under ``torch.distributed`` each layer's
+Hessian is summed over the ranks, one rank quantizes the layer and shares the result
+(:mod:`lowbit.distributed.layers`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import torch
 from torch import nn
 
 from ..config import QuantSpec
+from ..distributed import all_reduce_, all_reduce_count, run_owned
 from ..errors import ConfigError, InputError, check_int_range
 from ..nn.qat import QuantLinear
 from ..nn.quantizer import TensorQuantizer
@@ -59,6 +62,12 @@ class HessianAccumulator:
         x = x.detach().reshape(-1, self.sum.shape[0]).to(self.sum.dtype)  # [rows, K]
         self.sum.addmm_(x.t(), x)
         self.n += x.shape[0]
+
+    def all_reduce(self) -> None:
+        """Sum ``XᵀX`` and the row count over the ``torch.distributed`` ranks (each rank
+        saw its own calibration rows); a no-op in one process."""
+        all_reduce_(self.sum, "sum")
+        self.n = all_reduce_count(self.n)
 
     def hessian(self) -> torch.Tensor:
         if self.n == 0:
@@ -247,8 +256,14 @@ class GPTQ(Algorithm):
                 h.remove()
             for _, m in layers:
                 m.weight_quantizer.enabled = True
-        for n, m in layers:
+        for n, _ in layers:  # across ranks: every rank's rows (a no-op in one process)
+            acc[n].all_reduce()
+
+        def quantize(i: int) -> None:  # on the rank that owns layer i
+            n, m = layers[i]
             self.quantize_layer(m, acc.pop(n).hessian(), ctx.record(n))
+
+        run_owned([m for _, m in layers], quantize, [ctx.record(n) for n, _ in layers])
 
     def quantize_layer(self, module: nn.Module, hessian: torch.Tensor, record=None) -> GPTQResult:
         """Run GPTQ on ``module`` (a calibrated QuantLinear) with ``hessian``; its weight

@@ -3,8 +3,9 @@
 Xiao, Lin, Seznec, Wu, Demouth & Han, "SmoothQuant: Accurate and Efficient Post-Training
 Quantization for Large Language Models" (ICML 2023), eq. 4: per input channel ``j``
 ``s_j = max|X_j|^α / max|W_j|^(1−α)``, then ``Y = (X diag(s)⁻¹)(diag(s) W)``.  ``max|X_j|``
-is taken over every calibration row the layers of a group receive, ``max|W_j|`` over the
-column ``j`` of all of them.  The scale is folded exactly into the producing norm (see
+is taken over every calibration row the layers of a group receive (under
+``torch.distributed``, the rows of every rank), ``max|W_j|`` over the column ``j`` of all
+of them.  The scale is folded exactly into the producing norm (see
 :mod:`lowbit.algorithms._fold`); groups with no foldable producer keep their weights.
 """
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..distributed import all_reduce_
 from ..errors import ConfigError
 from ._fold import find_input_groups, fold_scales
 from .base import Algorithm, register_algorithm
@@ -43,6 +45,7 @@ class SmoothQuant(Algorithm):
     def apply_block(self, ctx) -> None:
         for group in find_input_groups(ctx):
             x_max = torch.stack([x.abs().amax(0) for x in group.inputs]).amax(0)  # [K]
+            all_reduce_(x_max, "max")  # over every rank's rows under torch.distributed
             w_max = torch.cat([m.weight.detach().float() for m in group.layers]).abs().amax(0)
             s = smooth_scales(x_max, w_max, float(self.alpha))
             folded = fold_scales(ctx, group, s)

@@ -99,7 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return USAGE_ERROR
 
     try:
-        status = run(args)
+        from lowbit.cli.launch import process_group  # torchrun: one process group
+
+        with process_group(args.command):
+            status = run(args)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130

@@ -8,7 +8,9 @@ ranges and observer state — can be re-calibrated or fine-tuned), ``DIR/quantiz
 ``full`` adds the sensitivity sweeps and Hessian traces; ``none`` skips it). ``--algo gptq``
 runs layer-wise algorithms block by block after calibration (the checkpoints' manifests record
 them). Without --recipe and role flags the example's own recipe is used (``w8a8-static`` for
-digits, ``w8a8`` otherwise).
+digits, ``w8a8`` otherwise).  Under ``torchrun --nproc_per_node N -m lowbit quantize ...``
+each rank calibrates on its share of the batches, the ranges and Hessians are combined
+across ranks, and rank 0 writes every output (:mod:`lowbit.cli.launch`).
 How the flags combine: :mod:`lowbit.cli.flags`.
 """
 
@@ -47,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from lowbit.cli.examples import load_example
     from lowbit.cli.report_layers import layer_table
     from lowbit.cli.runner import quantize_example, write_json
+    from lowbit.distributed import is_main, local
 
 
     check_flags(args, "quantize")
@@ -56,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     recipe = resolve_recipe(args, example)
     out = quantize_example(example, recipe, fq_impl=fq_impl_of(args),
                            max_batches=args.quant_calib_batches, algorithms=algorithms)
+    if not is_main():
+        return 0  # under torchrun every rank holds the same model; rank 0 writes it
     float_score = example.score(example.model)
     out_dir = Path(args.out_dir)
     ckpt.save(out.fake_quant, out_dir / "calibrated")
@@ -78,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
               "float model")
     print(f"wrote {out_dir}/calibrated, {out_dir}/quantized, records.json, summary.json")
     if args.report != "none" and out.calib_batches:
-        _write_report(args, example, recipe, out.calib_batches, out_dir / "report")
+        with local():  # rank 0 alone: its calibration is not reduced across ranks
+            _write_report(args, example, recipe, out.calib_batches, out_dir / "report")
     return 0
 
 

@@ -39,37 +39,44 @@ def quantize_example(example: Example, recipe: Any, *, fq_impl: str = "reference
     :class:`lowbit.cli.flags.FlagError` otherwise.
     ``algorithms``: layer-wise algorithms (names or objects, e.g. ``["gptq"]``) run block by
     block after calibration, with a progress bar per block.
+    Under torch.distributed each rank calibrates on its share of the batches
+    (:func:`lowbit.distributed.shard_batches`); bars and the score are rank 0's.
     """
+    from lowbit.distributed import is_distributed, is_main, shard_batches
     from lowbit.model import convert, estimate_model_size, quantize_model
     from lowbit.recipe import load_recipe
 
     recipe = load_recipe(recipe)
     name = label or recipe.name
+    data = example.calib_data if max_batches is None else example.calib_data[:max_batches]
+    mine = shard_batches(data) if is_distributed() and data else data  # this rank's share
     if algorithms:
         import lowbit
 
-        data = example.calib_data if max_batches is None else example.calib_data[:max_batches]
-        fake, records = lowbit.quantize_model(example.model, recipe, data, fq_impl=fq_impl,
+        fake, records = lowbit.quantize_model(example.model, recipe, mine, fq_impl=fq_impl,
                                               convert=False, algorithms=algorithms,
                                               progress=True)
         real = convert(fake)
-        return Outcome(name, real, fake, records, example.score(real),
+        return Outcome(name, real, fake, records, _score(example, real),
                        estimate_model_size(real), len(data))
     if max_batches == 0:
         fake, records = _without_calibration(example, recipe, fq_impl)
-        used = 0
     else:
-        total = len(example.calib_data) if max_batches is None else min(max_batches,
-                                                                        len(example.calib_data))
-        with tqdm(total=total, desc=f"calibrate {name}", unit="batch", file=sys.stderr,
-                  leave=False, disable=None) as bar:
-            fake, records = quantize_model(example.model, recipe, example.calib_data,
-                                           max_batches=max_batches, fq_impl=fq_impl,
+        with tqdm(total=len(mine), desc=f"calibrate {name}", unit="batch", file=sys.stderr,
+                  leave=False, disable=None if is_main() else True) as bar:
+            fake, records = quantize_model(example.model, recipe, mine, fq_impl=fq_impl,
                                            convert=False, progress=lambda n: bar.update(1))
-        used = total
     real = convert(fake)
-    return Outcome(name, real, fake, records, example.score(real), estimate_model_size(real),
-                   used)
+    return Outcome(name, real, fake, records, _score(example, real), estimate_model_size(real),
+                   len(data))
+
+
+def _score(example: Example, model: Any) -> float:
+    """The example's score of ``model``; computed by rank 0 only under torch.distributed
+    (the others get NaN: they write nothing)."""
+    from lowbit.distributed import is_main
+
+    return example.score(model) if is_main() else math.nan
 
 
 def load_or_quantize(example: Example, ckpt: str | None, recipe: Any) -> Any:

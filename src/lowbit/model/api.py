@@ -35,6 +35,9 @@ def quantize_model(model: nn.Module, recipe: Any, calib_data: Any, *,
     example_inputs: one batch for finding layer roles; defaults to calib_data's first
     batch.
     Returns ``(model, records)``: the quantized copy and one LayerRecord per selected layer.
+    Under ``torch.distributed`` (more than one rank) ``calib_data`` is this rank's share
+    (:func:`lowbit.shard_batches`) and ``max_batches`` counts this rank's batches; the ranges
+    are reduced across ranks, so every rank returns the same model.
     """
     fq_impl = resolve_fq_impl(fq_impl, backend)
     check_max_batches(max_batches)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..config import LayerConfig, resolve_fq_impl
+from ..distributed.observers import reduce_model_observers
 from ..errors import ConfigError, StateError
 from ..nn.quantizer import TensorQuantizer
 from ..nn.tables import QAT_MODULES
@@ -176,8 +177,13 @@ def start_calibration(model: nn.Module) -> None:
 
 
 def end_calibration(model: nn.Module) -> None:
-    """Freeze every observer's range into qparams and record each layer's ranges."""
+    """Freeze every observer's range into qparams and record each layer's ranges.
+
+    Under ``torch.distributed`` (more than one rank) the activation observers are first
+    reduced across ranks, so every rank freezes the ranges of all ranks' data
+    (:mod:`lowbit.distributed.observers`)."""
     state = lowbit_state(model)
+    reduce_model_observers(model)
     for name, module in quant_modules(model):
         module.freeze()
         record = state.record(name)

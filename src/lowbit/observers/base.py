@@ -13,6 +13,12 @@ block layout up to singleton dimensions (``(1, C, 1, 1)`` and ``(C, 1)`` agree).
 
 Subclasses implement ``_observe``, ``_merge_from``, ``_choose``, ``_state``,
 ``_load_state`` and, when their chosen range can clip, ``_outside_count``.
+
+Across processes (:mod:`lowbit.distributed`) states combine without gathering them:
+``reduce_ops`` says how each state entry reduces (``sum``, ``min``, ``max`` or
+``mean:<weight key>``), and ``reduce_grid`` / ``align_grid`` let observers whose state
+lives on a data-dependent grid (the histograms) agree on one grid first.  An observer
+without ``_reduce_ops`` is combined by gathering states and calling ``merge``.
 """
 
 from __future__ import annotations
@@ -212,6 +218,25 @@ class Observer:
         self._load_state({k: v.detach().clone() for k, v in state.items()
                           if k not in _BASE_KEYS and not k.startswith("config.")})
 
+    def reduce_ops(self) -> dict[str, str] | None:
+        """How each :meth:`state_dict` entry combines across processes so that the result
+        equals :meth:`merge` of all of them: ``"sum"``, ``"min"``, ``"max"`` or
+        ``"mean:<key>"`` (the average weighted by entry ``<key>``).  Entries not named
+        (block layout, settings) must be equal on every process.  None: no such plan
+        (combine by gathering states and merging)."""
+        ops = self._reduce_ops()
+        if ops is None:
+            return None
+        return {"n_seen": "sum", "fixed_outside": "sum", **ops}
+
+    def reduce_grid(self) -> dict[str, int]:
+        """The exponents of data-dependent grids this state lives on (empty: none).  Before
+        a reduction every process moves to the largest with :meth:`align_grid`."""
+        return {}
+
+    def align_grid(self, grid: dict[str, int]) -> None:
+        """Move the state onto the (wider or equal) grid ``grid`` exactly."""
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(method={self.spec.method!r}, n_seen={self.n_seen})"
 
@@ -247,6 +272,10 @@ class Observer:
     def _outside_count(self) -> float:
         """Observed values outside the chosen (data-dependent) range."""
         return 0.0
+
+    def _reduce_ops(self) -> dict[str, str] | None:
+        """The subclass's entries of :meth:`reduce_ops` (None: no reduction plan)."""
+        return None
 
     # ------------------------------------------------------------------ subclass hooks
 

@@ -112,6 +112,17 @@ class HistogramObserver(Observer):
 
     # ------------------------------------------------------------------ state
 
+    def _reduce_ops(self):  # counts on one agreed grid (reduce_grid/align_grid) add up
+        return {"hist.counts": "sum", "hist.exp": "max", "min_val": "min", "max_val": "max"}
+
+    def reduce_grid(self):
+        return {} if self.hist.exp is None else {"hist": self.hist.exp}
+
+    def align_grid(self, grid):
+        if "hist" in grid and self.hist.exp is not None:
+            self._cached = None
+            self.hist.grow(int(grid["hist"]))
+
     def _config(self):
         return {"bins": self.hist.bins}
 

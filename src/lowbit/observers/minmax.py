@@ -61,6 +61,9 @@ class MinMaxObserver(Observer):
     def _choose(self):
         return grid_range(self.min_val, self.max_val, self.qtype.signed, self.scheme)
 
+    def _reduce_ops(self):
+        return {"min_val": "min", "max_val": "max"}
+
     def _state(self):
         return {"min_val": self.min_val, "max_val": self.max_val}
 

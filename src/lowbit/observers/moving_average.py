@@ -81,6 +81,10 @@ class MovingAverageObserver(Observer):
     def _outside_count(self):
         return float(self.n_out)
 
+    def _reduce_ops(self):  # the batch-count-weighted average of merge()
+        return {"min_val": "mean:n_batches", "max_val": "mean:n_batches",
+                "n_batches": "sum", "n_out": "sum"}
+
     def _config(self):
         return {"averaging_constant": self.c}
 

@@ -118,6 +118,14 @@ class MSEObserver(HistogramObserver):
         return {"ratio": float(ratio[0]) if ratio.numel() == 1 else ratio.tolist(),
                 "est_mse": self.est_error / max(self.n_seen, 1)}
 
+    def _reduce_ops(self):
+        if not self.blocked:
+            return super()._reduce_ops()
+        return {"min_val": "min", "max_val": "max", "sse": "sum", "n_out": "sum"}
+
+    def reduce_grid(self):
+        return {} if self.blocked else super().reduce_grid()
+
     def _config(self):
         return {} if self.blocked else super()._config()
 
