@@ -166,19 +166,41 @@ def minilm_part(work: Path) -> dict:
     }
 
 
+def _rss_mib() -> tuple[float, float]:
+    """(current, peak) resident set size of this process in MiB (Linux /proc)."""
+    fields = dict(line.split(":", 1) for line in
+                  Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return (int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024)
+
+
 def analyze_part() -> dict:
-    """Wall time of the whole MiniLM analysis (w8a8, the example's 4 x 32 calibration
-    sentences, scored on its 128 sentences, sweeps and Hessian traces with 2 probes)."""
+    """Cost of the whole MiniLM analysis (w8a8, the example's 4 x 32 calibration sentences,
+    headline metric on its 128 sentences, both sweeps and Hessian traces with 2 probes):
+    once with the sweeps scored by output cosine on 1 calibration batch (``sweep_batches=1``,
+    the CLI default) and once with the sweeps calling the example's metric. Wall time, this
+    process's CPU time, the load average, and peak RSS against the RSS with the model
+    loaded (run this part alone, ``--parts analyze``, for a clean peak)."""
     from lowbit.cli.examples import minilm
     from lowbit.report.analysis import analyze
 
     ex = minilm()
-    t = time.perf_counter()
-    analysis = analyze(ex.model, "w8a8", ex.calib_data, ex.score, metric_name=ex.metric,
-                       n_probes=2)
-    return {"seconds": time.perf_counter() - t, "parts": analysis.seconds,
-            "layers": len(analysis.layers), "worst_layer": analysis.worst_layer(),
-            "hessian_method": analysis.hessian.get("method")}
+    runs = {}
+    for label, sweep_batches in (("sweep_batches=1", 1), ("sweeps on eval_fn", None)):
+        rss0, _ = _rss_mib()
+        load0 = os.getloadavg()[0]
+        t, c = time.perf_counter(), time.process_time()
+        analysis = analyze(ex.model, "w8a8", ex.calib_data, ex.score, metric_name=ex.metric,
+                           n_probes=2, sweep_batches=sweep_batches)
+        runs[label] = {"seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - c,
+                       "loadavg_start_end": [load0, os.getloadavg()[0]],
+                       "rss_before_mib": rss0, "peak_rss_mib": _rss_mib()[1],
+                       "parts": analysis.seconds, "sweep": analysis.sweep,
+                       "layers": len(analysis.layers), "worst_layer": analysis.worst_layer(),
+                       "hessian_method": analysis.hessian.get("method")}
+        print(label, runs[label], file=sys.stderr)
+    runs["float_model_mib"] = sum(p.numel() * p.element_size()
+                                  for p in ex.model.parameters()) / 2 ** 20
+    return runs
 
 
 def digits_part(work: Path) -> dict:
