@@ -320,46 +320,6 @@ def digits_part(work: Path) -> dict:
             "seconds": analysis.seconds}
 
 
-def markdown(r: dict) -> str:
-    m, d = r["minilm"], r["digits"]
-    lines = ["# Mixed-precision search and diagnostics", "",
-             f"CPU: {r['cpu']['model']} ({r['cpu']['cores']} cores, {r['cpu']['threads']} "
-             f"threads, flags {' '.join(r['cpu']['flags'])}; load average at start "
-             f"{r['cpu']['loadavg_at_start']:.1f}), torch {r['torch']}. "
-             "Produced by `python benchmarks/bench_search.py`.", "",
-             f"## MiniLM-L6, candidates {{{', '.join(m['candidates'])}}}", "",
-             f"Budget {m['budget_bytes']} bytes, halfway between all-w4a16-g128 "
-             f"({m['bytes_all_small']}) and all-w8a16 ({m['bytes_all_big']}). "
-             f"Metric: {m['metric']} (float {m['float']:.6f}).", "",
-             "| assignment | embedding cosine to float |", "|---|---|",
-             f"| searched (exact knapsack, {m['searched']['n_big']}/{m['searched']['n_layers']} "
-             f"layers at w8a16, {m['searched']['bytes']} bytes) | {m['searched']['measured']:.6f} |",
-             f"| best of 20 random at the same budget | {m['random_20']['best']:.6f} |",
-             f"| mean of 20 random | {m['random_20']['mean']:.6f} |",
-             f"| greedy (loss saved per byte) | {m['greedy']:.6f} |",
-             f"| uniform w4a16-g128 | {m['uniform_w4a16_g128']:.6f} |", "",
-             f"Predicted cosine of the searched recipe (float minus summed one-layer losses): "
-             f"{m['searched']['predicted']:.6f}.", "",
-             f"Spearman rank correlation of the Hessian estimate (trace x weight noise, "
-             f"{m['hessian_method']}) with the measured one-layer loss over "
-             f"{m['spearman_layers']} layers: **{m['spearman_hessian_vs_measured']:.3f}**.", "",
-             f"Wall time: search {m['seconds']['search']:.0f} s, Hessian traces "
-             f"{m['seconds']['hessian_traces']:.0f} s.", "",
-             (f"`analyze(minilm, 'w8a8')` with both sweeps and Hessian traces: "
-              f"{r['analyze']['seconds']:.0f} s wall ({r['analyze']['layers']} layers)."
-              if r.get("analyze") else "`analyze(minilm)` timing: not measured in this run."),
-             "",
-             "## digits CNN, w4a4", "",
-             f"Accuracy: float {d['float']:.2f} %, w4a4 {d['w4a4']:.2f} %. The report names "
-             f"`{d['worst_layer']}` as losing most alone; keeping it at 8 bits gives "
-             f"{d['worst_layer_at_8_bits']:.2f} % ({d['recovered_fraction']:.0%} of the loss "
-             "recovered).", "",
-             "| layer | loss alone (points) | recovered keeping it float |", "|---|---|---|"]
-    for name, loss in d["quantize_only_losses"].items():
-        lines.append(f"| {name} | {loss:.2f} | {d['float_only_recovery'][name]:.2f} |")
-    return "\n".join(lines) + "\n"
-
-
 def main() -> int:
     import argparse
 
@@ -368,6 +328,8 @@ def main() -> int:
     parts = [p for p in parser.parse_args().parts.split(",") if p]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(2)
+    from search_markdown import markdown
+
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / "search.json"
     result = {"cpu": cpu(), "torch": torch.__version__}
