@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import types
 from pathlib import Path
 
@@ -23,6 +24,9 @@ from robust_cases_api import CASES as API_CASES, EXEMPT
 from robust_cases_core import CASES as CORE_CASES
 
 CASES = {**CORE_CASES, **API_CASES}
+#: words of a fix ("Fix: ...", "pass ...", "use ...") that every message should carry
+FIX = re.compile(r"fix|pass|use |call|add |remove|check|choose|load|wrap|pick|give|set |build"
+                 r"|materialize|calibrate|convert|quantize", re.I)
 PARAMS = [pytest.param(name, label, id=f"{name}-{label}")
           for name, (_, labels) in CASES.items() for label in labels]
 
@@ -50,6 +54,7 @@ def test_a_bad_value_is_a_lowbit_error_and_changes_no_file(name, label, tmp_path
         call(BAD[label]())
     message = str(info.value).strip()
     assert message and len(message.splitlines()) <= 3, message
+    assert FIX.search(message), f"the message should say how to fix it: {message}"
     assert _snapshot(watched) == before, "no file outside the output directory changed"
 
 

@@ -32,7 +32,7 @@ def _as_wide(t: Any, name: str) -> torch.Tensor:
                          f"wrap it with torch.as_tensor(...)")
     if t.numel() == 0:
         raise InputError(f"{name} is empty (shape {tuple(t.shape)}); metrics need at least "
-                         "one element")
+                         "one element. Fix: pass non-empty tensors")
     if t.device.type == "meta":
         raise InputError(f"{name} is on the 'meta' device (no data); pass a tensor with values")
     t = t.detach()
@@ -166,8 +166,9 @@ def sat_ratio(x: torch.Tensor, clip: Any) -> float:
       when ``x < lo`` or ``x > hi``.
     """
     if not isinstance(x, torch.Tensor) or x.is_complex():
-        raise InputError("sat_ratio needs a real torch.Tensor x; for complex tensors measure "
-                         "x.real and x.imag separately")
+        what = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+        raise InputError(f"sat_ratio needs a real torch.Tensor x, got {what}; pass a tensor "
+                         "(for complex tensors measure x.real and x.imag separately)")
     xw = _as_wide(x, "x")
     if _looks_like_qparams(clip):
         shape = tuple(xw.shape) or (1,)  # a 0-d tensor is quantized as shape (1,)

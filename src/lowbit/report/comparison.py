@@ -210,7 +210,8 @@ def _batches(data: Any) -> list:
                          "single batch in a list: data=[batch]")
     batches = list(data)
     if not batches:
-        raise InputError("data is empty: compare needs at least one batch to run the models on")
+        raise InputError("data is empty: compare needs at least one batch to run the models on. "
+                         "Fix: pass a list of input batches, e.g. data=[x]")
     return batches
 
 
