@@ -58,6 +58,7 @@ def test_spread_says_no_single_layer_recovers_half():
     assert "40% of their sum" in item["message"] and "lowbit search" in item["message"]
     assert item["evidence"]["shares"]["c"] == 0.4 / 1.0
     assert item["evidence"]["largest_float_only_recovery"] == 0.4
+    assert rules(spread, "sensitive") == []  # a one-layer fix would recover too little
     dominant = advise([layer("a", 0.2), layer("b", SPREAD_SHARE + 0.3)], "accuracy")
     assert rules(dominant, "spread") == []
     assert rules(advise([layer("only", 0.5)], "accuracy"), "spread") == []

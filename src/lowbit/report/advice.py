@@ -9,7 +9,8 @@ Rules (thresholds are the module constants):
                 own: keep it float or give it 8 bits.
 ``spread``      no layer causes as much as SPREAD_SHARE of the summed one-layer losses, so
                 no single layer at higher precision recovers that much: change the format
-                of all layers (the other rules) or search per-layer formats.
+                of all layers (the other rules) or search per-layer formats. It replaces
+                ``sensitive`` (whose one-layer fix would recover too little).
 ``granularity`` per-tensor weights lose >= GRANULARITY_GAIN_DB against per-channel.
 ``saturation``  more than SATURATION of a layer's calibration activations are clipped.
 ``unsigned``    a layer's inputs were never negative but its activation grid is signed and
@@ -94,7 +95,7 @@ def _per_layer(layers: list[dict], metric_name: str) -> list[dict]:
                        "(see the other advice) or search per-layer formats (lowbit search)",
             "evidence": {"shares": {n: v / total for v, n in ranked},
                          "largest_float_only_recovery": best_rec}})
-    for loss, name in ranked[:2]:
+    for loss, name in ranked[:2] if not out else []:
         share = loss / total if total > 0 else 0.0
         if share < SENSITIVE_SHARE:
             break
