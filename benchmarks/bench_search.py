@@ -260,6 +260,43 @@ def analyze_part() -> dict:
     return runs
 
 
+def sweep_part() -> dict:
+    """The float-only sweep of MiniLM w8a8 (40 layers, one batch of 8 sentences, 1 thread),
+    re-quantizing every weight on every forward against weights quantized once
+    (``source=``), twice each, alternating: CPU time of this process, wall time, load, and
+    whether the losses are identical."""
+    from lowbit.cli.examples import minilm
+    from lowbit.model.batches import call_batch
+    from lowbit.model.prepare import calibrate, prepare
+    from lowbit.search.scoring import Scorer
+    from lowbit.search.sensitivity import float_only
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ex = minilm(n_sentences=8, calib_batches=1)
+        batch = {k: v[:8] for k, v in ex.calib_data[0].items()}
+        qmodel = prepare(ex.model, "w8a8", example_inputs=batch)
+        with calibrate(qmodel):
+            call_batch(qmodel, batch)
+        scorer = Scorer(ex.model, [batch])
+        runs, losses = [], {}
+        for label, source in (("per forward", None), ("baked", ex.model)) * 2:
+            load0 = os.getloadavg()[0]
+            t, c = time.perf_counter(), time.process_time()
+            sweep = float_only(qmodel, scorer, source=source)
+            runs.append({"weights": label, "cpu_seconds": time.process_time() - c,
+                         "seconds": time.perf_counter() - t,
+                         "loadavg_start_end": [load0, os.getloadavg()[0]]})
+            losses.setdefault(label, sweep.losses)
+    finally:
+        torch.set_num_threads(threads)
+    cpu_of = {lab: min(r["cpu_seconds"] for r in runs if r["weights"] == lab)
+              for lab in ("per forward", "baked")}
+    return {"runs": runs, "identical_losses": losses["per forward"] == losses["baked"],
+            "cpu_ratio": cpu_of["per forward"] / cpu_of["baked"], "layers": len(losses["baked"])}
+
+
 def digits_part(work: Path) -> dict:
     from dataclasses import replace
 
@@ -334,7 +371,7 @@ def main() -> int:
     path = RESULTS / "search.json"
     result = {"cpu": cpu(), "torch": torch.__version__}
     runs = {"digits": lambda tmp: digits_part(tmp), "minilm": lambda tmp: minilm_part(tmp),
-            "analyze": lambda tmp: analyze_part()}
+            "analyze": lambda tmp: analyze_part(), "sweep": lambda tmp: sweep_part()}
     with tempfile.TemporaryDirectory() as tmp:
         for part in parts:
             value = runs[part](Path(tmp))

@@ -28,7 +28,8 @@ def markdown(r: dict) -> str:
              f"{m['spearman_layers']} layers: **{m['spearman_hessian_vs_measured']:.3f}**.", "",
              f"Wall time: search {m['seconds']['search']:.0f} s, Hessian traces "
              f"{m['seconds']['hessian_traces']:.0f} s.", "",
-             ] + _greedy_lines(m) + _analyze_lines(r.get("analyze")) + _digits_lines(d)
+             ] + _greedy_lines(m) + _sweep_lines(r.get("sweep")) + _analyze_lines(r.get("analyze")) \
+        + _digits_lines(d)
     return "\n".join(lines) + "\n"
 
 
@@ -47,6 +48,19 @@ def _greedy_lines(m: dict) -> list[str]:
         g = k["measured_at_largest_gap"]
         out.append(f"Measured there: exact {g['exact']:.6f}, greedy {g['greedy']:.6f} "
                    "(embedding cosine to float).")
+    return out
+
+
+def _sweep_lines(s: dict | None) -> list[str]:
+    if not s:
+        return []
+    out = ["", f"### Float-only sweep, MiniLM w8a8 ({s['layers']} layers, 1 batch of 8 sentences,"
+           " 1 thread)", "", "| weights | CPU s | wall s | load avg start/end |", "|---|---|---|---|"]
+    for r in s["runs"]:
+        out.append(f"| {r['weights']} | {r['cpu_seconds']:.1f} | {r['seconds']:.1f} | "
+                   f"{r['loadavg_start_end'][0]:.1f} / {r['loadavg_start_end'][1]:.1f} |")
+    out.append(f"Weights quantized once take {s['cpu_ratio']:.1f}x less CPU; losses identical: "
+               f"{s['identical_losses']}.")
     return out
 
 
