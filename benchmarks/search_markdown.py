@@ -9,7 +9,10 @@ def markdown(r: dict) -> str:
              f"CPU: {r['cpu']['model']} ({r['cpu']['cores']} cores, {r['cpu']['threads']} "
              f"threads, flags {' '.join(r['cpu']['flags'])}; load average at start "
              f"{r['cpu']['loadavg_at_start']:.1f}), torch {r['torch']}. "
-             "Produced by `python benchmarks/bench_search.py`.", "",
+             "Produced by `python benchmarks/bench_search.py`. Parts run at different times; "
+             "load average at the end of each part: " + ", ".join(
+                 f"{k} {v['loadavg_at_start']:.1f}" for k, v in r.get("cpu_per_part", {}).items())
+             + ".", "",
              f"## MiniLM-L6, candidates {{{', '.join(m['candidates'])}}}", "",
              f"Budget {m['budget_bytes']} bytes, halfway between all-w4a16-g128 "
              f"({m['bytes_all_small']}) and all-w8a16 ({m['bytes_all_big']}). "
@@ -65,6 +68,10 @@ def _sweep_lines(s: dict | None) -> list[str]:
 
 
 def _analyze_lines(a: dict | None) -> list[str]:
+    if a and "seconds" in a:  # written before the sweeps quantized weights once
+        return ["", f"`analyze(minilm, 'w8a8')` with both sweeps (on the metric, weights "
+                f"re-quantized every forward) and Hessian traces: {a['seconds']:.0f} s wall "
+                f"({a['layers']} layers), float-only sweep {a['parts']['float_only']:.0f} s."]
     if not a or "sweep_batches=1" not in a:
         return ["", "`analyze(minilm)` cost: not measured in this run."]
     out = ["", "### Cost of `analyze(minilm, 'w8a8')` (40 layers, both sweeps, Hessian traces "
