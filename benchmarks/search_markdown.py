@@ -88,7 +88,8 @@ def _analyze_lines(a: dict | None) -> list[str]:
                    f"{v['peak_rss_mib']:.0f} ({v['rss_before_mib']:.0f}) | "
                    f"{p.get('float_only', 0):.0f} | {p.get('quantize_only', 0):.0f} | "
                    f"{p.get('hessian', 0):.0f} |")
-    out.append(f"Float model parameters: {a['float_model_mib']:.0f} MiB.")
+    out.append(f"Float model parameters: {a['float_model_mib']:.0f} MiB." +
+               (f" Note: {a['note']}." if a.get("note") else ""))
     return out
 
 
