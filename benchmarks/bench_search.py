@@ -126,8 +126,12 @@ def minilm_part(work: Path) -> dict:
         gain = table[head][small]["loss"] - table[head][big]["loss"]
         return gain / max(extra, 1)
 
-    greedy = measure(fill(sorted(range(len(groups)), key=saved_per_byte, reverse=True)))
+    greedy_order = sorted(range(len(groups)), key=saved_per_byte, reverse=True)
+    greedy_assign = fill(greedy_order)
+    greedy = measure(greedy_assign)
     uniform_small = measure({n: small for n in configs})
+    finer = knapsack_vs_greedy(groups, table, small, big, cost, greedy_order, measure,
+                               res.resolution_bytes)
 
     # Hessian estimate vs measured one-layer loss under the small candidate
     names = [g[0] for g in groups if len(g) == 1 and configs[g[0]][small] is not None]
@@ -158,6 +162,8 @@ def minilm_part(work: Path) -> dict:
         "random_20": {"best": best_random, "mean": sum(randoms) / len(randoms),
                       "all": randoms},
         "greedy": greedy, "uniform_w4a16_g128": uniform_small,
+        "greedy_same_assignment": greedy_assign == res.assignment,
+        "knapsack_vs_greedy": finer, "table": table,
         "searched_beats_best_random": res.measured_metric > best_random,
         "searched_beats_greedy": res.measured_metric > greedy,
         "spearman_hessian_vs_measured": rho, "spearman_layers": len(names),
@@ -166,24 +172,137 @@ def minilm_part(work: Path) -> dict:
     }
 
 
+def _rss_mib() -> tuple[float, float]:
+    """(current, peak) resident set size of this process in MiB (Linux /proc)."""
+    fields = dict(line.split(":", 1) for line in
+                  Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return (int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024)
+
+
+def knapsack_vs_greedy(groups, table, small, big, cost, greedy_order, measure, unit) -> dict:
+    """Predicted loss (sum of one-group losses) of the exact knapsack and of greedy at 41
+    budgets from all-small to all-big; at the budget where they differ most, both are
+    measured. Greedy: upgrade groups by loss saved per byte while the budget allows."""
+    from lowbit.search.knapsack import Knapsack, to_units
+
+    heads = [g[0] for g in groups]
+    opts = [[c for c in (small, big) if c in table[h]] for h in heads]
+
+    def predicted(choice):
+        return sum(table[h][c]["loss"] for h, c in zip(heads, choice))
+
+    def greedy(budget):
+        choice = [small] * len(heads)
+        spent = sum(table[h][small]["bytes"] for h in heads)
+        for gi in greedy_order:
+            h = heads[gi]
+            if big in table[h]:
+                extra = table[h][big]["bytes"] - table[h][small]["bytes"]
+                if spent + extra <= budget:
+                    spent, choice[gi] = spent + extra, big
+        return choice
+
+    def exact(budget):
+        units = to_units([[table[h][c]["bytes"] for c in o] for h, o in zip(heads, opts)],
+                         budget, unit=unit)
+        sol = Knapsack(units.costs, [[table[h][c]["loss"] for c in o]
+                                     for h, o in zip(heads, opts)], units.budget).solve()
+        return [o[k] for o, k in zip(opts, sol.choice)]
+
+    rows = []
+    for i in range(41):
+        budget = cost[small] + (cost[big] - cost[small]) * i / 40
+        e, g = exact(budget), greedy(budget)
+        rows.append({"budget_bytes": int(budget), "exact_predicted_loss": predicted(e),
+                     "greedy_predicted_loss": predicted(g), "same": e == g})
+    worst = max(rows, key=lambda r: r["greedy_predicted_loss"] - r["exact_predicted_loss"])
+    out = {"budgets": rows, "n_differ": sum(not r["same"] for r in rows),
+           "largest_gap": worst["greedy_predicted_loss"] - worst["exact_predicted_loss"],
+           "largest_gap_budget_bytes": worst["budget_bytes"], "resolution_bytes": unit}
+    if not worst["same"]:
+        names = [n for g in groups for n in g]
+        to_assign = {}
+        for label, choice in (("exact", exact(worst["budget_bytes"])),
+                              ("greedy", greedy(worst["budget_bytes"]))):
+            assign = {n: c for g, c in zip(groups, choice) for n in g}
+            to_assign[label] = measure({n: assign[n] for n in names})
+        out["measured_at_largest_gap"] = to_assign
+    return out
+
+
 def analyze_part() -> dict:
-    """Wall time of the whole MiniLM analysis (w8a8, the example's 4 x 32 calibration
-    sentences, scored on its 128 sentences, sweeps and Hessian traces with 2 probes)."""
+    """Cost of the whole MiniLM analysis (w8a8, the example's 4 x 32 calibration sentences,
+    headline metric on its 128 sentences, both sweeps and Hessian traces with 2 probes):
+    once with the sweeps scored by output cosine on 1 calibration batch (``sweep_batches=1``,
+    the CLI default) and once with the sweeps calling the example's metric. Wall time, this
+    process's CPU time, the load average, and peak RSS against the RSS with the model
+    loaded (run this part alone, ``--parts analyze``, for a clean peak)."""
     from lowbit.cli.examples import minilm
     from lowbit.report.analysis import analyze
 
     ex = minilm()
-    t = time.perf_counter()
-    analysis = analyze(ex.model, "w8a8", ex.calib_data, ex.score, metric_name=ex.metric,
-                       n_probes=2)
-    return {"seconds": time.perf_counter() - t, "parts": analysis.seconds,
-            "layers": len(analysis.layers), "worst_layer": analysis.worst_layer(),
-            "hessian_method": analysis.hessian.get("method")}
+    runs = {}
+    for label, sweep_batches in (("sweep_batches=1", 1), ("sweeps on eval_fn", None)):
+        rss0, _ = _rss_mib()
+        load0 = os.getloadavg()[0]
+        t, c = time.perf_counter(), time.process_time()
+        analysis = analyze(ex.model, "w8a8", ex.calib_data, ex.score, metric_name=ex.metric,
+                           n_probes=2, sweep_batches=sweep_batches)
+        runs[label] = {"seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - c,
+                       "loadavg_start_end": [load0, os.getloadavg()[0]],
+                       "rss_before_mib": rss0, "peak_rss_mib": _rss_mib()[1],
+                       "parts": analysis.seconds, "sweep": analysis.sweep,
+                       "layers": len(analysis.layers), "worst_layer": analysis.worst_layer(),
+                       "hessian_method": analysis.hessian.get("method")}
+        print(label, runs[label], file=sys.stderr)
+    runs["float_model_mib"] = sum(p.numel() * p.element_size()
+                                  for p in ex.model.parameters()) / 2 ** 20
+    return runs
+
+
+def sweep_part() -> dict:
+    """The float-only sweep of MiniLM w8a8 (40 layers, one batch of 8 sentences, 1 thread),
+    re-quantizing every weight on every forward against weights quantized once
+    (``source=``), twice each, alternating: CPU time of this process, wall time, load, and
+    whether the losses are identical."""
+    from lowbit.cli.examples import minilm
+    from lowbit.model.batches import call_batch
+    from lowbit.model.prepare import calibrate, prepare
+    from lowbit.search.scoring import Scorer
+    from lowbit.search.sensitivity import float_only
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ex = minilm(n_sentences=8, calib_batches=1)
+        batch = {k: v[:8] for k, v in ex.calib_data[0].items()}
+        qmodel = prepare(ex.model, "w8a8", example_inputs=batch)
+        with calibrate(qmodel):
+            call_batch(qmodel, batch)
+        scorer = Scorer(ex.model, [batch])
+        runs, losses = [], {}
+        for label, source in (("per forward", None), ("baked", ex.model)) * 2:
+            load0 = os.getloadavg()[0]
+            t, c = time.perf_counter(), time.process_time()
+            sweep = float_only(qmodel, scorer, source=source)
+            runs.append({"weights": label, "cpu_seconds": time.process_time() - c,
+                         "seconds": time.perf_counter() - t,
+                         "loadavg_start_end": [load0, os.getloadavg()[0]]})
+            losses.setdefault(label, sweep.losses)
+    finally:
+        torch.set_num_threads(threads)
+    cpu_of = {lab: min(r["cpu_seconds"] for r in runs if r["weights"] == lab)
+              for lab in ("per forward", "baked")}
+    return {"runs": runs, "identical_losses": losses["per forward"] == losses["baked"],
+            "cpu_ratio": cpu_of["per forward"] / cpu_of["baked"], "layers": len(losses["baked"])}
 
 
 def digits_part(work: Path) -> dict:
+    from dataclasses import replace
+
     import lowbit
     from lowbit.cli.examples import digits
+    from lowbit.types import Scheme
     from lowbit.recipe import AnyModule, ByName, Recipe, Rule
     from lowbit.report.analysis import analyze
     from lowbit.report.html import write_report
@@ -199,62 +318,43 @@ def digits_part(work: Path) -> dict:
     for key in ("sensitivity", "histograms"):
         shutil.copy(paths[key], RESULTS / f"search_digits_{key}.png")
     worst = analysis.worst_layer()
-    mixed = Recipe((Rule(ByName(worst), w8a8.rules[0].config), Rule(AnyModule(),
-                                                                    w4a4.rules[0].config)),
-                   f"w4a4+{worst}@8")
+    c4, c8 = w4a4.rules[0].config, w8a8.rules[0].config
     scorer = Scorer(ex.model, ex.calib_data, ex.score, metric_name=ex.metric)
-    kept = measure_recipe(ex.model, mixed, ex.calib_data, scorer)["metric"]
+
+    def measured(recipe) -> float:
+        return measure_recipe(ex.model, recipe, ex.calib_data, scorer)["metric"]
+
     lost = analysis.float_metric - analysis.quantized_metric
+    # every layer, not only the named one: at 8 bits, and kept float (the most one layer
+    # can give back)
+    per_layer = {}
+    for layer in analysis.layers:
+        n = layer["name"]
+        at8 = measured(Recipe((Rule(ByName(n), c8), Rule(AnyModule(), c4)), f"w4a4+{n}@8"))
+        flt = measured(Recipe((Rule(ByName(n), None), Rule(AnyModule(), c4)), f"w4a4+{n}@float"))
+        per_layer[n] = {"at_8_bits": at8, "float": flt,
+                        "recovered_at_8_bits": (at8 - analysis.quantized_metric) / lost,
+                        "recovered_float": (flt - analysis.quantized_metric) / lost}
+    kept = per_layer[worst]["at_8_bits"]
+    # the report's format-wide advice (unsigned inputs on a signed symmetric grid): AFFINE
+    affine = replace(c4, act=replace(c4.act, scheme=Scheme.AFFINE))
+    affine_metric = measured(Recipe((Rule(AnyModule(), affine),), "w4a4, affine activations"))
     return {"metric": ex.metric, "float": analysis.float_metric,
             "w4a4": analysis.quantized_metric, "worst_layer": worst,
             "worst_layer_at_8_bits": kept,
             "recovered_fraction": (kept - analysis.quantized_metric) / lost if lost else None,
+            "per_layer": per_layer,
+            "best_single_layer_at_8_bits": max(v["recovered_at_8_bits"]
+                                               for v in per_layer.values()),
+            "best_single_layer_float": max(v["recovered_float"] for v in per_layer.values()),
+            "w4a4_affine_activations": affine_metric,
+            "affine_recovered_fraction": (affine_metric - analysis.quantized_metric) / lost,
             "quantize_only_losses": {l["name"]: l["sensitivity"]["quantize_only"]
                                      for l in analysis.layers},
             "float_only_recovery": {l["name"]: l["sensitivity"]["float_only"]
                                     for l in analysis.layers},
             "advice": [a["message"] for a in analysis.advice],
             "seconds": analysis.seconds}
-
-
-def markdown(r: dict) -> str:
-    m, d = r["minilm"], r["digits"]
-    lines = ["# Mixed-precision search and diagnostics", "",
-             f"CPU: {r['cpu']['model']} ({r['cpu']['cores']} cores, {r['cpu']['threads']} "
-             f"threads, flags {' '.join(r['cpu']['flags'])}; load average at start "
-             f"{r['cpu']['loadavg_at_start']:.1f}), torch {r['torch']}. "
-             "Produced by `python benchmarks/bench_search.py`.", "",
-             f"## MiniLM-L6, candidates {{{', '.join(m['candidates'])}}}", "",
-             f"Budget {m['budget_bytes']} bytes, halfway between all-w4a16-g128 "
-             f"({m['bytes_all_small']}) and all-w8a16 ({m['bytes_all_big']}). "
-             f"Metric: {m['metric']} (float {m['float']:.6f}).", "",
-             "| assignment | embedding cosine to float |", "|---|---|",
-             f"| searched (exact knapsack, {m['searched']['n_big']}/{m['searched']['n_layers']} "
-             f"layers at w8a16, {m['searched']['bytes']} bytes) | {m['searched']['measured']:.6f} |",
-             f"| best of 20 random at the same budget | {m['random_20']['best']:.6f} |",
-             f"| mean of 20 random | {m['random_20']['mean']:.6f} |",
-             f"| greedy (loss saved per byte) | {m['greedy']:.6f} |",
-             f"| uniform w4a16-g128 | {m['uniform_w4a16_g128']:.6f} |", "",
-             f"Predicted cosine of the searched recipe (float minus summed one-layer losses): "
-             f"{m['searched']['predicted']:.6f}.", "",
-             f"Spearman rank correlation of the Hessian estimate (trace x weight noise, "
-             f"{m['hessian_method']}) with the measured one-layer loss over "
-             f"{m['spearman_layers']} layers: **{m['spearman_hessian_vs_measured']:.3f}**.", "",
-             f"Wall time: search {m['seconds']['search']:.0f} s, Hessian traces "
-             f"{m['seconds']['hessian_traces']:.0f} s.", "",
-             (f"`analyze(minilm, 'w8a8')` with both sweeps and Hessian traces: "
-              f"{r['analyze']['seconds']:.0f} s wall ({r['analyze']['layers']} layers)."
-              if r.get("analyze") else "`analyze(minilm)` timing: not measured in this run."),
-             "",
-             "## digits CNN, w4a4", "",
-             f"Accuracy: float {d['float']:.2f} %, w4a4 {d['w4a4']:.2f} %. The report names "
-             f"`{d['worst_layer']}` as losing most alone; keeping it at 8 bits gives "
-             f"{d['worst_layer_at_8_bits']:.2f} % ({d['recovered_fraction']:.0%} of the loss "
-             "recovered).", "",
-             "| layer | loss alone (points) | recovered keeping it float |", "|---|---|---|"]
-    for name, loss in d["quantize_only_losses"].items():
-        lines.append(f"| {name} | {loss:.2f} | {d['float_only_recovery'][name]:.2f} |")
-    return "\n".join(lines) + "\n"
 
 
 def main() -> int:
@@ -265,15 +365,19 @@ def main() -> int:
     parts = [p for p in parser.parse_args().parts.split(",") if p]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(2)
+    from search_markdown import markdown
+
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / "search.json"
-    result = json.loads(path.read_text()) if path.exists() else {}
-    result.update({"cpu": cpu(), "torch": torch.__version__})
+    result = {"cpu": cpu(), "torch": torch.__version__}
     runs = {"digits": lambda tmp: digits_part(tmp), "minilm": lambda tmp: minilm_part(tmp),
-            "analyze": lambda tmp: analyze_part()}
+            "analyze": lambda tmp: analyze_part(), "sweep": lambda tmp: sweep_part()}
     with tempfile.TemporaryDirectory() as tmp:
         for part in parts:
-            result[part] = runs[part](Path(tmp))
+            value = runs[part](Path(tmp))
+            # re-read before writing: parts may run in separate processes at the same time
+            result = json.loads(path.read_text()) if path.exists() else result
+            result.update({"cpu": cpu(), "torch": torch.__version__, part: value})
             result.setdefault("cpu_per_part", {})[part] = cpu()
             path.write_text(json.dumps(result, indent=2) + "\n")  # each part as it ends
             print(f"{part} done", file=sys.stderr)

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from lowbit.config import LayerConfig, QuantSpec
+from lowbit.errors import ConfigError
 from lowbit.records import ACTIONS, LayerRecord
 
 
@@ -48,9 +49,9 @@ def test_defaults_and_actions():
     assert set(ACTIONS) == {"quantized", "float", "skipped", "fallback"}
 
 
-def test_an_unknown_action_is_an_internal_error():
-    # records are built by lowbit itself, so a bad action is a bug guarded by an assert
-    with pytest.raises(AssertionError, match="LayerRecord.action 'done' not in"):
+def test_an_unknown_action_is_a_config_error():
+    # records are also built from user-supplied JSON (LayerRecord.from_dict): a LowbitError
+    with pytest.raises(ConfigError, match="LayerRecord.action='done' is invalid"):
         LayerRecord("fc", "Linear", "done")
 
 

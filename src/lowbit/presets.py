@@ -98,7 +98,7 @@ for _name, _recipe in PRESETS.items():
 
 def preset(name: str) -> Recipe:
     """The preset recipe called ``name`` (see :data:`PRESETS`)."""
-    if name not in PRESETS:
+    if not isinstance(name, str) or name not in PRESETS:
         raise ConfigError("preset", name, f"one of {', '.join(PRESETS)}",
                           fix="pick a preset from lowbit.presets.describe_presets()")
     return PRESETS[name]

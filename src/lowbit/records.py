@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .errors import ConfigError
+
 ACTIONS = ("quantized", "float", "skipped", "fallback")
 
 
@@ -39,7 +41,15 @@ class LayerRecord:
     metrics: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        assert self.action in ACTIONS, f"LayerRecord.action {self.action!r} not in {ACTIONS}"
+        if not isinstance(self.action, str) or self.action not in ACTIONS:
+            raise ConfigError("LayerRecord.action", self.action, f"one of {ACTIONS}",
+                              fix="records are written by lowbit; load them with "
+                                  "LayerRecord.from_dict(record.to_dict())")
+        for name in ("name", "module_type"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"LayerRecord.{name}", getattr(self, name), "a string",
+                                  fix="records are written by lowbit; pass the layer's name "
+                                      "and module type as strings")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,6 +58,16 @@ class LayerRecord:
     def from_dict(cls, data: dict) -> "LayerRecord":
         """A record from :meth:`to_dict`'s output, including records written before
         ``fq_impl`` and ``kernel_path`` were split out of one ``backend`` field."""
+        if not isinstance(data, dict):
+            raise ConfigError("LayerRecord data", type(data).__name__, "a dict from "
+                              "LayerRecord.to_dict()", fix="pass one record's dict, e.g. from "
+                              "the records list of a saved manifest")
+        unknown = sorted(set(upgrade_record_dict(data)) - set(cls.__dataclass_fields__))
+        missing = [k for k in ("name", "module_type", "action") if k not in data]
+        if unknown or missing:
+            raise ConfigError("LayerRecord data", sorted(data), "the keys LayerRecord.to_dict() "
+                              "writes", fix=f"remove {unknown}" if unknown else
+                              f"add the missing key(s) {missing}")
         return cls(**upgrade_record_dict(data))
 
 

@@ -249,6 +249,19 @@ class QParams:
     block_size: tuple[int, ...]
 
     def __post_init__(self):
+        for name in ("scale", "zero_point"):
+            value = getattr(self, name)
+            if not isinstance(value, torch.Tensor):
+                raise ConfigError(f"QParams.{name}", type(value).__name__, "a torch.Tensor",
+                                  fix="use choose_qparams/qparams_from_range, or pass "
+                                      f"{name}=torch.tensor(...)")
+        if not isinstance(self.qtype, QType):
+            raise ConfigError("QParams.qtype", self.qtype, "a lowbit QType",
+                              fix="pass e.g. lowbit.int8 (qtype_from_name('int8'))")
+        if not isinstance(self.block_size, tuple) or not all(
+                isinstance(b, int) and not isinstance(b, bool) for b in self.block_size):
+            raise ConfigError("QParams.block_size", self.block_size, "a tuple of ints",
+                              fix="pass e.g. block_size=(1, 128), or () for per-tensor")
         if self.scale.shape != self.zero_point.shape:
             raise InputError(f"QParams: scale shape {tuple(self.scale.shape)} and zero_point "
                              f"shape {tuple(self.zero_point.shape)} differ; they must match")

@@ -40,9 +40,21 @@ def test_report_with_a_search_adds_the_pareto_plot(tmp_path, capsys, cli_env):
     assert "hessian" not in data["seconds"]
 
 
+def test_sweep_batches_scores_the_sweeps_by_output_cosine(tmp_path, capsys, cli_env):
+    code, _, err = run_cli(capsys, "report", "--model", "fixtures_models:tiny_mlp",
+                           "--recipe", "w8a8-static", "--no_hessian", "--sweep_batches", "1",
+                           "--out_dir", tmp_path)
+    assert code == 0, err
+    data = read_json(tmp_path / "report.json")
+    assert data["sweep"] == {"metric_name": "cosine_to_float", "uses_eval_fn": False,
+                             "batches": 1}
+    assert all("quantize_only" in layer["sensitivity"] for layer in data["layers"])
+
+
 @pytest.mark.parametrize("flags, needles", [
     (("--candidates", "w8a16"), ("--candidates/--budget", "both or neither")),
     (("--batches", "0"), ("--batches",)),
+    (("--sweep_batches", "0"), ("--sweep_batches",)),
     (("--recipe", "nope"), ("--recipe",)),
 ])
 def test_bad_flags_are_one_line_errors(tmp_path, capsys, cli_env, flags, needles):

@@ -1,6 +1,6 @@
 """Each advice rule fires on the numbers it names and stays quiet below its threshold."""
 
-from lowbit.report.advice import (CLIP_GAIN_DB, GRANULARITY_GAIN_DB, SATURATION,
+from lowbit.report.advice import (CLIP_GAIN_DB, GRANULARITY_GAIN_DB, SATURATION, SPREAD_SHARE,
                                   SENSITIVE_SHARE, advise)
 
 
@@ -50,3 +50,15 @@ def test_one_fix_on_several_layers_is_one_item_with_each_layers_evidence():
     assert unsigned[0]["layer"] == "a, b" and unsigned[0]["layers"] == ["a", "b"]
     assert set(unsigned[0]["evidence"]) == {"a", "b"}
     assert unsigned[0]["message"].startswith("2 layers (a, b): inputs are never negative")
+
+
+def test_spread_says_no_single_layer_recovers_half():
+    spread = advise([layer("a", 0.3), layer("b", 0.3), layer("c", 0.4)], "accuracy")
+    item = next(a for a in spread if a["rule"] == "spread")
+    assert "40% of their sum" in item["message"] and "lowbit search" in item["message"]
+    assert item["evidence"]["shares"]["c"] == 0.4 / 1.0
+    assert item["evidence"]["largest_float_only_recovery"] == 0.4
+    assert rules(spread, "sensitive") == []  # a one-layer fix would recover too little
+    dominant = advise([layer("a", 0.2), layer("b", SPREAD_SHARE + 0.3)], "accuracy")
+    assert rules(dominant, "spread") == []
+    assert rules(advise([layer("only", 0.5)], "accuracy"), "spread") == []

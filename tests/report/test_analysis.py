@@ -8,6 +8,7 @@ from torch import nn
 
 import lowbit
 from lowbit.model import calibrate, convert, estimate_model_size, prepare
+from lowbit.errors import ConfigError
 from lowbit.report.analysis import Analysis, analyze
 from lowbit.search.scoring import Scorer
 
@@ -94,3 +95,34 @@ def test_digits_cnn_names_a_worst_layer(single_thread):
     assert all(not math.isnan(l["sensitivity"]["hessian_trace"]) for l in a.layers)
     for item in a.advice:
         assert set(item["layers"]) <= set(names) and item["evidence"]
+
+
+def test_worst_layer_breaks_ties_by_float_only_recovery_then_order():
+    def row(name, alone, rec):
+        return {"name": name, "sensitivity": {"quantize_only": alone, "float_only": rec}}
+
+    a = Analysis({}, "acc", True, 1.0, 0.9, {}, [row("a", 1.78, 0.4), row("b", 1.78, 0.9),
+                                                 row("head", 1.78, 0.9), row("c", 0.2, 2.0)],
+                 [], {})
+    assert a.worst_layer() == "b"          # tie on quantize_only: larger recovery, then earlier
+    assert a.worst_layer("float_only") == "c"
+
+
+def test_sweeps_can_use_fidelity_on_a_few_batches_instead_of_eval_fn():
+    model, batches = model_and_data()
+    calls = []
+
+    def metric(m):
+        calls.append(1)
+        return 1.0
+
+    a = analyze(model, W4A4, batches, eval_fn=metric, metric_name="const", hessian=False,
+                sweep_batches=1)
+    assert len(calls) == 2  # float and quantized headline metrics only
+    assert a.sweep == {"metric_name": "cosine_to_float", "uses_eval_fn": False, "batches": 1}
+    assert a.sweep_metric_name == "cosine_to_float"
+    assert any(l["sensitivity"]["quantize_only"] > 0 for l in a.layers)
+    full = analyze(model, W4A4, batches, eval_fn=metric, metric_name="const", hessian=False)
+    assert full.sweep["uses_eval_fn"] and len(calls) > 2 + 2 * len(a.layers)
+    with pytest.raises(ConfigError, match="sweep_batches"):
+        analyze(model, W4A4, batches, sweep_batches=0)

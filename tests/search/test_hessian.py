@@ -109,3 +109,23 @@ def test_a_weight_the_loss_never_reaches_has_zero_trace(method):
     est = hutchinson_traces(model, {"0": model[0].weight, "unused": unused.weight}, batches,
                             loss_fn=ce_loss, n_probes=2, method=method)
     assert est.trace["unused"] == 0.0 and est.trace["0"] != 0.0
+
+
+def test_auto_falls_back_with_the_same_probes_as_finite_differences(monkeypatch):
+    """A model whose operators have no double backward: autograd fails after drawing a
+    probe; finite differences then use exactly the probes a forced run would draw."""
+    import lowbit.search.hessian as hessian
+
+    def no_double_backward(loss_fn, params, probes, n_probes):
+        next(iter(probes))  # a probe was drawn before the failure
+        raise RuntimeError("derivative for this op is not implemented")
+
+    monkeypatch.setattr(hessian, "_hvp_autograd", no_double_backward)
+    model = tiny()
+    batches = [(torch.randn(6, 4, dtype=torch.float64), torch.randint(0, 2, (6,)))
+               for _ in range(2)]
+    weights = {n: model.get_submodule(n).weight for n in ("0", "2")}
+    auto = hutchinson_traces(model, weights, batches, loss_fn=ce_loss, n_probes=3, method="auto")
+    fd = hutchinson_traces(model, weights, batches, loss_fn=ce_loss, n_probes=3,
+                           method="finite_difference")
+    assert auto.method == "finite_difference" and auto.trace == fd.trace

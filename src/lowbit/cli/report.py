@@ -29,6 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no_sweeps", action="store_true",
                         help="skip the quantize-only / float-only sweeps (one score per layer)")
     parser.add_argument("--no_hessian", action="store_true", help="skip the Hessian traces")
+    parser.add_argument("--sweep_batches", type=int, default=None,
+                        help="score the sweeps by output cosine to float on N calibration "
+                             "batches instead of the example's metric (much faster on large "
+                             "models; default: the metric)")
     parser.add_argument("--candidates", default=None,
                         help="also search: comma-separated candidates, e.g. w4a16-g128,w8a16")
     parser.add_argument("--budget", default=None,
@@ -56,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
                                                "--budget 0.3x, or drop the one given")
     if args.batches is not None and args.batches < 1:
         raise FlagError("--batches", args.batches, "an integer >= 1", fix="e.g. --batches 4")
+    if args.sweep_batches is not None and args.sweep_batches < 1:
+        raise FlagError("--sweep_batches", args.sweep_batches, "an integer >= 1",
+                        fix="e.g. --sweep_batches 1")
     resolve_recipe(args)  # a typo fails before the model loads
     example = load_example(args.model)
     recipe = resolve_recipe(args, example)
@@ -64,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         analysis = analyze(example.model, recipe, example.calib_data, example.score,
                            metric_name=example.metric, max_batches=n,
                            sweeps=not args.no_sweeps, hessian=not args.no_hessian,
-                           n_probes=args.probes, progress=lambda _: bar.update(1))
+                           n_probes=args.probes, progress=lambda _: bar.update(1),
+                           sweep_batches=args.sweep_batches)
     if args.candidates:
         from lowbit.search.mixed import search
 

@@ -12,10 +12,11 @@ from torch import nn
 
 from ..config import resolve_fq_impl
 from ..errors import ConfigError
-from ..model.batches import call_batch, check_max_batches, peek, run_batches
+from ..model.batches import call_batch, check_max_batches, check_module, peek, run_batches
 from ..model.convert import convert as convert_model
 from ..model.prepare import calibrate, lowbit_state, prepare
 from ..model.size import estimate_model_size
+from ..recipe import load_recipe
 from ..records import LayerRecord
 
 
@@ -34,8 +35,9 @@ class PTQPipeline:
     def __init__(self, model: nn.Module, recipe: Any = "w8a8-static", *,
                  fq_impl: str = "reference", input_fn: Callable[[Any], Any] | None = None,
                  backend: str | None = None):
+        check_module(model)
         self.float_model = model
-        self.recipe = recipe
+        self.recipe = load_recipe(recipe)  # a bad name fails here, not at calibrate
         self.fq_impl = resolve_fq_impl(fq_impl, backend)
         self.input_fn = input_fn or _inputs_of
         self.model: nn.Module | None = None

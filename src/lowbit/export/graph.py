@@ -209,6 +209,9 @@ def onnx_info(path: str | Path) -> dict:
     ``ir_version``, ``producer``, ``metadata`` (all metadata props, raw) and ``quantization``
     (lowbit's entries with JSON values parsed; empty for files lowbit did not write).
     """
+    if not isinstance(path, (str, Path)):
+        raise ConfigError("path", type(path).__name__, "a path (str or pathlib.Path) to an "
+                          ".onnx file", fix="pass the path that export_onnx wrote")
     onnx = require_onnx()
     path = Path(path)
     if not path.is_file():

@@ -257,7 +257,8 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
                           fix="pass the lowbit model (fake-quant or converted)")
     opset = _check_opset(opset)
     if not isinstance(path, (str, os.PathLike)) or not str(path):
-        raise ConfigError("path", path, "a file path such as 'model.onnx'")
+        raise ConfigError("path", path, "a file path such as 'model.onnx'",
+                          fix="pass the output file, e.g. export_onnx(qmodel, x, 'model.onnx')")
     path = Path(path)
     _check_target(path)
     by_keyword, names, tensors = split_inputs(model, example_inputs)

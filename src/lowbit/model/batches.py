@@ -39,14 +39,22 @@ def describe_batch(batch: Any) -> str:
     return ", ".join(parts) or "empty"
 
 
-def check_batch(batch: Any, index: int) -> None:
+def check_batch(batch: Any, index: int, what: str = "calibration batch") -> None:
     """InputError for a batch holding tensors on the ``meta`` device (no data to observe)."""
     args, kwargs = split_batch(batch)
     for t in list(args) + list(kwargs.values()):
         if isinstance(t, torch.Tensor) and t.device.type == "meta":
-            raise InputError(f"calibration batch {index} ({describe_batch(batch)}) is on the "
+            raise InputError(f"{what} {index} ({describe_batch(batch)}) is on the "
                              "'meta' device, which holds no values to observe. Fix: pass real "
                              "input tensors")
+
+
+def check_module(model: Any, field: str = "model") -> None:
+    """ConfigError unless ``model`` is a ``torch.nn.Module``."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(field, type(model).__name__, "a torch.nn.Module",
+                          fix=f"pass the PyTorch model itself as {field} (not its path, "
+                              "state_dict or outputs)")
 
 
 def check_model_materialized(model: nn.Module, what: str = "model") -> None:
@@ -63,6 +71,23 @@ def call_batch(model: nn.Module, batch: Any) -> Any:
     """Run ``model`` on one batch."""
     args, kwargs = split_batch(batch)
     return model(*args, **kwargs)
+
+
+def call_checked(model: nn.Module, batch: Any, index: int,
+                 what: str = "calibration batch") -> Any:
+    """:func:`call_batch`, with a batch the model cannot take (wrong type, shape, dtype or
+    a meta tensor) reported as an :class:`InputError` naming batch ``index``."""
+    check_batch(batch, index, what)
+    try:
+        return call_batch(model, batch)
+    except (RuntimeError, TypeError, IndexError, ValueError) as exc:
+        if isinstance(exc, LowbitError):
+            raise
+        raise InputError(f"{what} {index} ({describe_batch(batch)}) fails in "
+                         f"the model: {type(exc).__name__}: "
+                         f"{(str(exc).strip().splitlines() or [''])[0][:300]}. Fix: pass "
+                         "batches the float model accepts (check shapes, dtypes and the "
+                         "batch convention: tuple -> positional, dict -> keyword)") from exc
 
 
 def is_forward_loop(calib_data: Any) -> bool:
@@ -134,17 +159,7 @@ def run_batches(model: nn.Module, calib_data: Any, max_batches: int | None = Non
     for batch in calib_data:
         if max_batches is not None and count >= max_batches:
             break
-        check_batch(batch, count)
-        try:
-            call_batch(model, batch)
-        except (RuntimeError, TypeError, IndexError) as exc:
-            if isinstance(exc, LowbitError):
-                raise
-            raise InputError(f"calibration batch {count} ({describe_batch(batch)}) fails in "
-                             f"the model: {type(exc).__name__}: "
-                             f"{(str(exc).strip().splitlines() or [''])[0][:300]}. Fix: pass "
-                             "batches the float model accepts (check shapes, dtypes and the "
-                             "batch convention: tuple -> positional, dict -> keyword)") from exc
+        call_checked(model, batch, count)
         count += 1
         if progress is not None:
             progress(count)

@@ -14,6 +14,7 @@ import logging
 
 from torch import nn
 
+from ..errors import ConfigError
 from ..nn.quantized import QuantizedModule
 
 from ..nn.tables import QUANTIZED_MODULES
@@ -64,6 +65,14 @@ def tune_kernels(model: nn.Module, rows=TUNE_ROWS) -> nn.Module:
     """Decide every ``auto`` layer's kernel for inputs of ``rows`` rows now (measured on this
     machine, or read from the tuning cache) instead of on first use, and write the decisions
     into the layers' records.  Returns ``model``."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError("model", type(model).__name__, "a torch.nn.Module converted by "
+                          "lowbit.convert", fix="tune_kernels(lowbit.convert(qmodel))")
+    if isinstance(rows, (str, bytes)) or not hasattr(rows, "__iter__") or not all(
+            isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in rows) \
+            or not list(rows):
+        raise ConfigError("rows", rows, "a non-empty sequence of integers >= 1",
+                          fix=f"e.g. rows=(1, 8, 128); the default is {TUNE_ROWS}")
     state = getattr(model, STATE_ATTR, None)
     for name, module in model.named_modules():
         if not isinstance(module, QuantizedModule) or not hasattr(module, "kernel_plan"):

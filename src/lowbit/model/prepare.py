@@ -219,6 +219,9 @@ def calibrate(model: nn.Module, max_batches: int | None = None):
                                     or max_batches < 1):
         raise ConfigError("max_batches", max_batches, "None or an integer >= 1",
                           fix="pass max_batches=None to observe every batch")
+    if not isinstance(model, nn.Module):
+        raise ConfigError("model", type(model).__name__, "a torch.nn.Module prepared by "
+                          "lowbit.prepare", fix="calibrate(lowbit.prepare(model, recipe))")
     _calibrate_in_eval_mode(model, stacklevel=4)
     start_calibration(model)
     seen = [0]

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import LayerConfig, QuantSpec, check_kernel_path
+from ..errors import ConfigError
 from ..types import Scheme
 from .qat import (QuantConv1d, QuantConv2d, QuantEmbedding, QuantLinear, _meta_table,
                   check_embedding_config)
@@ -327,6 +328,9 @@ def set_kernel_path(model: nn.Module, path: str) -> nn.Module:
     (:data:`~lowbit.config.KERNEL_PATHS`); ``"reference"`` makes a converted model
     bit-identical to its fake-quant model."""
     check_kernel_path(path)
+    if not isinstance(model, nn.Module):
+        raise ConfigError("model", type(model).__name__, "a torch.nn.Module converted by "
+                          "lowbit.convert", fix="set_kernel_path(lowbit.convert(qmodel), path)")
     for m in model.modules():
         if isinstance(m, QuantizedModule):
             m.set_kernel_path(path)

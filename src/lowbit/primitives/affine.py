@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from ..types import Granularity, QParams, QType, Scheme
 
 EPS = torch.finfo(torch.float32).eps  # scale floor: all-zero/constant tensors stay finite
@@ -106,6 +106,13 @@ def qparams_from_range(min_val: torch.Tensor, max_val: torch.Tensor, qtype: QTyp
                        scheme: Scheme, block_size: tuple[int, ...],
                        frac_bits: int | None = None) -> QParams:
     """QParams for per-block ranges ``[min_val, max_val]`` (tensors of the qparams' shape)."""
+    check_tensor(min_val, "observed minimum")
+    check_tensor(max_val, "observed maximum")
+    if not isinstance(qtype, QType):
+        raise ConfigError("qtype", qtype, "a lowbit QType", fix="pass e.g. lowbit.int8")
+    if not isinstance(block_size, (tuple, list)):
+        raise ConfigError("block_size", block_size, "a tuple of ints (one per dimension)",
+                          fix="pass e.g. (1, 128), or () for a 0-d range")
     min_val = min_val.detach().float()
     max_val = max_val.detach().float()
     check_finite(min_val, "observed minimum")

@@ -50,6 +50,12 @@ def _check_complex(z: torch.Tensor, fn: str) -> None:
                          "complex128) — for a real tensor use choose_qparams/quantize instead")
 
 
+def _check_cqp(cqp, fn: str) -> None:
+    if not isinstance(cqp, ComplexQParams):
+        raise InputError(f"{fn}: cqp is a {type(cqp).__name__}; pass the ComplexQParams from "
+                         "choose_complex_qparams(z, qtype)")
+
+
 def choose_complex_qparams(z: torch.Tensor, qtype: QType, scheme: Scheme = Scheme.SYMMETRIC,
                            granularity: Granularity | None = None,
                            frac_bits: int | None = None) -> ComplexQParams:
@@ -63,12 +69,21 @@ def choose_complex_qparams(z: torch.Tensor, qtype: QType, scheme: Scheme = Schem
 def quantize_complex(z: torch.Tensor, cqp: ComplexQParams) -> tuple[torch.Tensor, torch.Tensor]:
     """Integer codes ``(q_real, q_imag)`` of the two parts of ``z``."""
     _check_complex(z, "quantize_complex")
+    _check_cqp(cqp, "quantize_complex")
     return quantize(z.real, cqp.real), quantize(z.imag, cqp.imag)
 
 
 def dequantize_complex(q_real: torch.Tensor, q_imag: torch.Tensor, cqp: ComplexQParams,
                        dtype: torch.dtype = torch.complex64) -> torch.Tensor:
     """The complex tensor ``dequantize(q_real) + 1j * dequantize(q_imag)`` in ``dtype``."""
+    for name, q in (("q_real", q_real), ("q_imag", q_imag)):
+        if not isinstance(q, torch.Tensor):
+            raise InputError(f"dequantize_complex: {name} is a {type(q).__name__}; pass the "
+                             "integer codes returned by quantize_complex(z, cqp)")
+        if q.is_floating_point() or q.is_complex() or q.dtype == torch.bool:
+            raise InputError(f"dequantize_complex: {name} has dtype {q.dtype}; it takes the "
+                             "integer codes returned by quantize_complex(z, cqp)")
+    _check_cqp(cqp, "dequantize_complex")
     if q_real.shape != q_imag.shape:
         raise InputError(f"dequantize_complex: q_real has shape {tuple(q_real.shape)} but q_imag "
                          f"has {tuple(q_imag.shape)}; pass both codes of quantize_complex(z)")
@@ -82,4 +97,5 @@ def dequantize_complex(q_real: torch.Tensor, q_imag: torch.Tensor, cqp: ComplexQ
 def fake_quantize_complex(z: torch.Tensor, cqp: ComplexQParams) -> torch.Tensor:
     """Quantize-dequantize both parts of ``z`` (same dtype), straight-through gradient."""
     _check_complex(z, "fake_quantize_complex")
+    _check_cqp(cqp, "fake_quantize_complex")
     return torch.complex(fake_quantize(z.real, cqp.real), fake_quantize(z.imag, cqp.imag))

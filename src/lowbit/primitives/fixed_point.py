@@ -79,6 +79,7 @@ def from_fixed(q: torch.Tensor, frac_bits: int = 8,
                dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Float values ``q * 2**-frac_bits`` of Qm.n codes ``q`` (an integer tensor)."""
     frac_bits = _check_frac_bits(frac_bits)
+    check_tensor(q, "q of from_fixed")
     if q.is_floating_point() or q.is_complex() or q.dtype == torch.bool:
         raise InputError(f"from_fixed: q has dtype {q.dtype}; it takes integer codes such as "
                          "to_fixed(x).qdata (int16 for Q8.8)")
@@ -91,4 +92,5 @@ def from_fixed(q: torch.Tensor, frac_bits: int = 8,
 def fake_fixed(x: torch.Tensor, frac_bits: int = 8, qtype: QType = int16) -> torch.Tensor:
     """``from_fixed(to_fixed(x))`` in ``x``'s dtype with a straight-through gradient
     (zero where the value saturated)."""
+    check_tensor(x, "input to fake_fixed")
     return fake_quantize(x, fixed_point_qparams(qtype, frac_bits, tuple(x.shape)))

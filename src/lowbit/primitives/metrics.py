@@ -1,7 +1,8 @@
 """Error metrics between a reference tensor and its quantized approximation.
 
 Every function returns a Python ``float`` and raises :class:`~lowbit.errors.InputError`
-when the two tensors' shapes differ or a tensor is empty.  Reductions run in float64
+when the two tensors' shapes differ, or a tensor is empty, on the ``meta`` device or holds
+NaN/Inf.  Reductions run in float64
 (complex128 for complex tensors), so results do not depend on the inputs' precision.
 Complex tensors are measured by their complex magnitude (``|a - b|``), and ``cosine``
 treats a complex tensor as the real vector of its (real, imaginary) pairs.
@@ -31,9 +32,17 @@ def _as_wide(t: Any, name: str) -> torch.Tensor:
                          f"wrap it with torch.as_tensor(...)")
     if t.numel() == 0:
         raise InputError(f"{name} is empty (shape {tuple(t.shape)}); metrics need at least "
-                         "one element")
+                         "one element. Fix: pass non-empty tensors")
+    if t.device.type == "meta":
+        raise InputError(f"{name} is on the 'meta' device (no data); pass a tensor with values")
     t = t.detach()
-    return t.to(torch.complex128) if t.is_complex() else t.to(torch.float64)
+    t = t.to(torch.complex128) if t.is_complex() else t.to(torch.float64)
+    if not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise InputError(f"{name} holds {bad} NaN/Inf value(s) of {t.numel()}; a metric of them "
+                         "would be NaN. Fix: find where the model produces them (e.g. an "
+                         "overflowing float16 or an uncalibrated range) or drop those values")
+    return t
 
 
 def _pair(a: Any, b: Any, names: tuple[str, str] = ("a", "b")) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,8 +166,9 @@ def sat_ratio(x: torch.Tensor, clip: Any) -> float:
       when ``x < lo`` or ``x > hi``.
     """
     if not isinstance(x, torch.Tensor) or x.is_complex():
-        raise InputError("sat_ratio needs a real torch.Tensor x; for complex tensors measure "
-                         "x.real and x.imag separately")
+        what = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+        raise InputError(f"sat_ratio needs a real torch.Tensor x, got {what}; pass a tensor "
+                         "(for complex tensors measure x.real and x.imag separately)")
     xw = _as_wide(x, "x")
     if _looks_like_qparams(clip):
         shape = tuple(xw.shape) or (1,)  # a 0-d tensor is quantized as shape (1,)

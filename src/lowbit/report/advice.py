@@ -7,6 +7,10 @@ Rules (thresholds are the module constants):
                 calibration method on the same layer's sampled inputs: use that method.
 ``sensitive``   a layer causes >= SENSITIVE_SHARE of the summed one-layer losses on its
                 own: keep it float or give it 8 bits.
+``spread``      no layer causes as much as SPREAD_SHARE of the summed one-layer losses, so
+                no single layer at higher precision recovers that much: change the format
+                of all layers (the other rules) or search per-layer formats. It replaces
+                ``sensitive`` (whose one-layer fix would recover too little).
 ``granularity`` per-tensor weights lose >= GRANULARITY_GAIN_DB against per-channel.
 ``saturation``  more than SATURATION of a layer's calibration activations are clipped.
 ``unsigned``    a layer's inputs were never negative but its activation grid is signed and
@@ -19,6 +23,7 @@ import math
 
 CLIP_GAIN_DB = 1.0
 SENSITIVE_SHARE = 0.25
+SPREAD_SHARE = 0.5
 GRANULARITY_GAIN_DB = 3.0
 SATURATION = 0.01
 
@@ -37,7 +42,7 @@ def advise(layers: list[dict], metric_name: str) -> list[dict]:
     (``layers`` lists them, ``layer`` joins them, ``evidence`` maps each to its numbers)."""
     items = _per_layer(layers, metric_name)
     for item in items:
-        item["layers"] = [item["layer"]]
+        item.setdefault("layers", [item["layer"]])
     return merge(items)
 
 
@@ -76,7 +81,21 @@ def _per_layer(layers: list[dict], metric_name: str) -> list[dict]:
     alone = {l["name"]: l["sensitivity"].get("quantize_only") for l in layers}
     total = sum(v for v in alone.values() if v is not None and v > 0)
     ranked = sorted((v, n) for n, v in alone.items() if v is not None and v > 0)[::-1]
-    for loss, name in ranked[:2]:
+    if len(ranked) > 1 and total > 0 and ranked[0][0] / total < SPREAD_SHARE:
+        top = ranked[0][0] / total
+        best_rec = max((l["sensitivity"].get("float_only") for l in layers
+                        if isinstance(l["sensitivity"].get("float_only"), (int, float))),
+                       default=None)
+        out.append({
+            "rule": "spread", "layer": ", ".join(n for _, n in ranked),
+            "layers": [n for _, n in ranked],
+            "message": f"the loss is spread over {len(ranked)} layers: the largest one-layer "
+                       f"loss is {top:.0%} of their sum, so no single layer at higher "
+                       "precision recovers half of it; change the format of every layer "
+                       "(see the other advice) or search per-layer formats (lowbit search)",
+            "evidence": {"shares": {n: v / total for v, n in ranked},
+                         "largest_float_only_recovery": best_rec}})
+    for loss, name in ranked[:2] if not out else []:
         share = loss / total if total > 0 else 0.0
         if share < SENSITIVE_SHARE:
             break

@@ -12,6 +12,13 @@ One calibration of ``recipe`` on ``calib_data``, then for every quantized layer:
 
 The metric is ``eval_fn(model)`` or, without one, the outputs' cosine to the float model on
 ``calib_data``. ``model`` is not modified. :class:`Analysis` is JSON-able.
+
+Cost: the sweeps score the model twice per layer. With ``sweep_batches=N`` they score the
+outputs' cosine to float on the first N calibration batches instead of calling ``eval_fn``
+(the headline metrics still use ``eval_fn``), which is what makes a large model's analysis
+cheap; ``Analysis.sweep`` says which metric the sweeps used. The float-only sweep quantizes
+each weight once (:func:`~lowbit.search.sensitivity.baked_weights`). Memory: the prepared
+copy of the model, plus one layer's extra output at a time and bounded samples.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,7 +35,8 @@ import torch
 from torch import nn
 
 from ..config import LayerConfig
-from ..model.batches import call_batch
+from ..errors import ConfigError
+from ..model.batches import call_checked, check_module
 from ..model.convert import convert
 from ..model.prepare import calibrate, lowbit_state, prepare, quant_modules
 from ..model.size import estimate_model_size
@@ -63,15 +71,37 @@ class Analysis:
     seconds: dict[str, float]
     hessian: dict = field(default_factory=dict)
     search: dict | None = None       # a SearchResult.to_dict(), when one is attached
+    sweep: dict = field(default_factory=dict)   # the sweeps' metric and batches
+
+    @property
+    def sweep_metric_name(self) -> str:
+        """The metric the sensitivity sweeps measured (the headline metric unless
+        ``sweep_batches`` was set)."""
+        return self.sweep.get("metric_name") or self.metric_name
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "Analysis":
+        """The Analysis :meth:`to_dict` wrote (a ConfigError names missing or unknown keys)."""
+        fields = cls.__dataclass_fields__
+        required = [k for k, f in fields.items() if f.default is MISSING
+                    and f.default_factory is MISSING]
+        if not isinstance(data, dict):
+            raise ConfigError("Analysis data", type(data).__name__, "a dict from "
+                              "Analysis.to_dict()", fix="pass the JSON lowbit report wrote "
+                              "(Analysis.load_json(path))")
+        unknown = sorted(set(data) - set(fields))
+        missing = [k for k in required if k not in data]
+        if unknown or missing:
+            raise ConfigError("Analysis data", sorted(data), "the keys Analysis.to_dict() "
+                              "writes", fix=f"remove {unknown}" if unknown else
+                              f"add the missing key(s) {missing}")
         return cls(**data)
 
     def save_json(self, path: str | Path) -> Path:
+        """Write :meth:`to_dict` as JSON to ``path`` (folders made); returns the path."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_dict(), indent=2, default=_json_default) + "\n")
@@ -79,13 +109,29 @@ class Analysis:
 
     @classmethod
     def load_json(cls, path: str | Path) -> "Analysis":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read the ``report.json`` that :meth:`save_json` (or ``lowbit report``) wrote."""
+        if not isinstance(path, (str, Path)):
+            raise ConfigError("path", type(path).__name__, "a path to report.json",
+                              fix="pass e.g. 'report/report.json'")
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError("path", str(path), "a readable report.json written by lowbit",
+                              fix=f"check the path ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0][:200]})") from None
+        return cls.from_dict(data)
 
     def worst_layer(self, key: str = "quantize_only") -> str | None:
-        """The layer with the largest sensitivity ``key`` (None if none measured)."""
-        vals = [(l["sensitivity"].get(key), l["name"]) for l in self.layers
-                if l["sensitivity"].get(key) is not None]
-        return max(vals)[1] if vals else None
+        """The layer with the largest sensitivity ``key`` (None if none measured). Ties (a
+        coarse metric such as accuracy on a few hundred samples ties often) go to the larger
+        float-only recovery, then the larger Hessian estimate, then the earlier layer."""
+        def num(x):
+            return x if isinstance(x, (int, float)) and math.isfinite(x) else -math.inf
+
+        vals = [(l["sensitivity"].get(key), num(l["sensitivity"].get("float_only")),
+                 num(l["sensitivity"].get("hessian_estimate")), -i, l["name"])
+                for i, l in enumerate(self.layers) if l["sensitivity"].get(key) is not None]
+        return max(vals)[-1] if vals else None
 
 
 def _json_default(obj: Any):
@@ -125,28 +171,40 @@ def analyze(model: nn.Module, recipe: Any, calib_data: Any,
             higher_is_better: bool = True, metric_name: str | None = None, max_batches: int | None = None,
             sweeps: bool = True, hessian: bool = True, n_probes: int = 4,
             loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
-            sample_size: int = 4096, progress: Callable[[str], None] | None = None) -> Analysis:
+            sample_size: int = 4096, progress: Callable[[str], None] | None = None,
+            sweep_batches: int | None = None) -> Analysis:
     """Analyse ``recipe`` on ``model`` (see the module docstring).
 
     sweeps: run the quantize-only and float-only sweeps (one score per layer each).
+    sweep_batches: score the sweeps by output cosine to float on this many calibration
+    batches instead of ``eval_fn`` (None: the analysis metric).
     hessian: estimate Hessian traces (``n_probes`` probes per batch; ``loss_fn(model, batch)``
     or the output MSE to float). max_batches: use at most this many batches of calib_data.
     """
+    check_module(model)
+    if sweep_batches is not None and (isinstance(sweep_batches, bool) or not isinstance(
+            sweep_batches, int) or sweep_batches < 1):
+        raise ConfigError("sweep_batches", sweep_batches, "None or an integer >= 1",
+                          fix="e.g. sweep_batches=1, or None to sweep with eval_fn")
     batches = as_batches(calib_data, max_batches)
     with eval_mode(model):
         return _analyze(model, recipe, batches, eval_fn, higher_is_better, metric_name, sweeps,
-                        hessian, n_probes, loss_fn, sample_size, progress)
+                        hessian, n_probes, loss_fn, sample_size, progress, sweep_batches)
 
 
 def _analyze(model, recipe, batches, eval_fn, higher_is_better, metric_name, sweeps, hessian,
-             n_probes, loss_fn, sample_size, progress) -> Analysis:
+             n_probes, loss_fn, sample_size, progress, sweep_batches) -> Analysis:
     times: dict[str, float] = {}
     t = time.perf_counter()
     scorer = Scorer(model, batches, eval_fn, higher_is_better, metric_name)
+    sweep_scorer = scorer if sweep_batches is None else Scorer(model, batches[:sweep_batches])
+    sweep_info = {"metric_name": sweep_scorer.name, "uses_eval_fn": sweep_scorer.eval_fn
+                  is not None, "batches": None if sweep_scorer.eval_fn is not None
+                  else len(sweep_scorer.batches)}
     qmodel = prepare(model, recipe, example_inputs=batches[0])
     with calibrate(qmodel), torch.no_grad():
-        for batch in batches:
-            call_batch(qmodel, batch)
+        for i, batch in enumerate(batches):
+            call_checked(qmodel, batch, i)
     state = lowbit_state(qmodel)
     quantized_metric = scorer.metric(qmodel)
     times["calibrate_and_score"] = time.perf_counter() - t
@@ -156,8 +214,8 @@ def _analyze(model, recipe, batches, eval_fn, higher_is_better, metric_name, swe
     names = list(stats)
     sens: dict[str, dict] = {n: {} for n in names}
     if sweeps and names:
-        alone = quantize_only(qmodel, scorer, progress=progress)
-        rec = float_only(qmodel, scorer, progress=progress)
+        alone = quantize_only(qmodel, sweep_scorer, progress=progress)
+        rec = float_only(qmodel, sweep_scorer, progress=progress, source=model)
         times["quantize_only"], times["float_only"] = alone.seconds, rec.seconds
         for n in names:
             sens[n]["quantize_only"] = alone.losses[n]
@@ -221,7 +279,7 @@ def _analyze(model, recipe, batches, eval_fn, higher_is_better, metric_name, swe
                "n_batches": len(batches)}
     result = Analysis(state.recipe.to_dict(), scorer.name, scorer.higher_is_better,
                       scorer.float_metric, quantized_metric, summary, layers,
-                      advise(layers, scorer.name), times, hess_info)
+                      advise(layers, sweep_scorer.name), times, hess_info, sweep=sweep_info)
     logger.info("analysed %d layer(s): %s %.4g -> %.4g", len(names), scorer.name,
                 scorer.float_metric, quantized_metric)
     return result

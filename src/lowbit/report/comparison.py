@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, InputError, StateError, check_int_range
-from ..model.batches import call_batch
+from ..model.batches import call_batch, call_checked
 from ..model.size import estimate_model_size
 from ..nn.quantizer import TensorQuantizer
 from ..primitives.metrics import cosine, max_abs_error, mse
@@ -210,7 +210,8 @@ def _batches(data: Any) -> list:
                          "single batch in a list: data=[batch]")
     batches = list(data)
     if not batches:
-        raise InputError("data is empty: compare needs at least one batch to run the models on")
+        raise InputError("data is empty: compare needs at least one batch to run the models on. "
+                         "Fix: pass a list of input batches, e.g. data=[x]")
     return batches
 
 
@@ -250,7 +251,7 @@ def _outputs(model: nn.Module, batches: list, name: str) -> list[torch.Tensor]:
     outs = []
     with torch.inference_mode():
         for i, batch in enumerate(batches):
-            out = _first_tensor(call_batch(model, batch))
+            out = _first_tensor(call_checked(model, batch, i, f"data batch (model {name!r})"))
             if out is None:
                 raise InputError(f"model {name!r} returned no tensor for batch {i}; compare "
                                  "needs a tensor, a tuple/dict holding one, or a Hugging Face "

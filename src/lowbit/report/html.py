@@ -13,6 +13,7 @@ import html
 import math
 from pathlib import Path
 
+from ..errors import ConfigError
 from . import plots
 from .analysis import Analysis
 
@@ -108,11 +109,20 @@ def _search(s: dict) -> str:
 def write_report(analysis: Analysis, out_dir: str | Path, title: str = "lowbit report"
                  ) -> dict[str, Path]:
     """Write the JSON, PNGs and the self-contained HTML into ``out_dir``; return the paths."""
+    if not isinstance(analysis, Analysis):
+        raise ConfigError("analysis", type(analysis).__name__, "the Analysis lowbit.analyze "
+                          "returns", fix="write_report(lowbit.analyze(model, recipe, batches), "
+                                         "out_dir), or Analysis.load_json(path)")
+    if not isinstance(out_dir, (str, Path)) or not str(out_dir):
+        raise ConfigError("out_dir", out_dir, "a directory path (str or pathlib.Path)",
+                          fix="pass e.g. out_dir='report'")
+    if not isinstance(title, str):
+        raise ConfigError("title", title, "a string", fix="pass e.g. title='my model, w8a8'")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": analysis.save_json(out / "report.json"),
              "sqnr": plots.sqnr_bars(analysis.layers, out / "sqnr.png"),
-             "sensitivity": plots.sensitivity_bars(analysis.layers, analysis.metric_name,
+             "sensitivity": plots.sensitivity_bars(analysis.layers, analysis.sweep_metric_name,
                                                    out / "sensitivity.png"),
              "histograms": plots.histograms(analysis.layers, out / "histograms.png")}
     if analysis.search:

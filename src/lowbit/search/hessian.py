@@ -70,7 +70,12 @@ def _zeros_for_unused(grads, params):
     return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
 
 
-def _hvp_autograd(loss_fn, params, probes):
+def _draw(params, gen: torch.Generator, n: int):
+    """``n`` Rademacher probes, each drawn when the loop reaches it."""
+    return (_rademacher(params, gen) for _ in range(n))
+
+
+def _hvp_autograd(loss_fn, params, probes, n_probes: int):
     loss = loss_fn()
     grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
     used = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
@@ -78,7 +83,7 @@ def _hvp_autograd(loss_fn, params, probes):
     for k, v in enumerate(probes):
         hv = torch.autograd.grad([grads[i] for i in used], [params[i] for i in used],
                                  grad_outputs=[v[i] for i in used], allow_unused=True,
-                                 retain_graph=k < len(probes) - 1) if used else []
+                                 retain_graph=k < n_probes - 1) if used else []
         full = [None] * len(params)
         for i, h in zip(used, hv):
             full[i] = h
@@ -148,11 +153,14 @@ def hutchinson_traces(model: nn.Module, weights: dict[str, torch.Tensor], batche
             p.requires_grad_(True)
         batch_loss = _batch_losses(model, batches, loss_fn)
         for i in range(len(batches)):
-            probes = [_rademacher(params, gen) for _ in range(n_probes)]
+            # probes are drawn one at a time (one probe's memory, not n_probes'); the
+            # generator state is kept so a fallback redraws exactly the same probes
+            state = gen.get_state()
             loss_i = functools.partial(batch_loss, i)
             if used == "autograd":
                 try:
-                    samples += _hvp_autograd(loss_i, params, probes)
+                    samples += _hvp_autograd(loss_i, params, _draw(params, gen, n_probes),
+                                             n_probes)
                     continue
                 except RuntimeError as exc:
                     if method == "autograd":
@@ -160,7 +168,8 @@ def hutchinson_traces(model: nn.Module, weights: dict[str, torch.Tensor], batche
                     logger.info("Hessian: no double backward here (%s); using finite "
                                 "differences", str(exc).splitlines()[0])
                     used = "finite_difference"
-            samples += _hvp_finite_difference(loss_i, params, probes)
+                    gen.set_state(state)
+            samples += _hvp_finite_difference(loss_i, params, _draw(params, gen, n_probes))
     finally:
         for p, flag in flags.items():
             p.requires_grad_(flag)

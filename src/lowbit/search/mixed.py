@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..model.batches import call_checked, check_module
 from ..model.convert import convert
 from ..model.prepare import calibrate, prepare
 from ..model.size import estimate_model_size
@@ -163,11 +164,9 @@ def _hessian_losses(model, candidates, groups, configs, batches, n_probes):
     return losses, traces
 
 
-def _call(model, batch):
-    from ..model.batches import call_batch
-
+def _call(model, batch, index: int = 0):
     with torch.no_grad():
-        return call_batch(model, batch)
+        return call_checked(model, batch, index)
 
 
 def search(model: nn.Module, candidates: Any, budget: Any, calib_data: Any,
@@ -187,6 +186,7 @@ def search(model: nn.Module, candidates: Any, budget: Any, calib_data: Any,
     if sensitivity not in SENSITIVITIES:
         raise ConfigError("sensitivity", sensitivity, f"one of {SENSITIVITIES}",
                           fix="'measured' sweeps one group at a time; 'hessian' estimates")
+    check_module(model)
     budget = parse_budget(budget)
     cands = parse_candidates(candidates)
     batches = as_batches(calib_data, max_batches)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, InputError
-from ..model.batches import call_batch
+from ..model.batches import call_checked, check_module
 
 DEFAULT_METRIC = "cosine_to_float"
 
@@ -68,6 +68,7 @@ class Scorer:
     def __init__(self, float_model: nn.Module, batches: list,
                  eval_fn: Callable[[nn.Module], float] | None = None,
                  higher_is_better: bool = True, metric_name: str | None = None):
+        check_module(float_model)
         if eval_fn is not None and not callable(eval_fn):
             raise ConfigError("eval_fn", type(eval_fn).__name__, "a callable eval_fn(model) -> "
                               "float, or None", fix="pass e.g. eval_fn=lambda m: accuracy(m)")
@@ -85,7 +86,8 @@ class Scorer:
     def outputs(self, model: nn.Module) -> list[torch.Tensor]:
         """The model's outputs (first tensor, one row per sample) on every batch."""
         with torch.no_grad():
-            return [_rows(first_tensor(call_batch(model, b))) for b in self.batches]
+            return [_rows(first_tensor(call_checked(model, b, i)))
+                    for i, b in enumerate(self.batches)]
 
     def metric(self, model: nn.Module) -> float:
         """``eval_fn(model)``, or the mean row cosine of its outputs to the float model's."""
