@@ -6,7 +6,7 @@ import torch
 
 import lowbit
 from lowbit.algorithms import ALGORITHMS, BiasCorrection, fold_batchnorm
-from lowbit.algorithms._layerwise import fake_quant_off, layers_in_call_order
+from lowbit.algorithms._runner_layers import fake_quant_off, layers_in_call_order
 from lowbit.algorithms.bias_correction import output_mean, weight_rounding_shift
 from lowbit.errors import ConfigError
 from lowbit.model.prepare import lowbit_state

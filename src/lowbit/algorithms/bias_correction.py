@@ -25,8 +25,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..model.batches import peek
-from ._layerwise import (channel_axis, channels_last_2d, fake_quant_off, layers_in_call_order,
-                         stream)
+from ._runner_layers import (channel_axis, channels_last_2d, fake_quant_off,
+                             layers_in_call_order, stream)
 from .base import Algorithm, register_algorithm
 
 MODES = ("weight", "empirical")

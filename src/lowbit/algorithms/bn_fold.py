@@ -2,7 +2,7 @@
 
 Jacob et al., "Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-
 Only Inference" (CVPR 2018), §3.2.  Every Conv1d/Conv2d/Linear → BatchNorm pair is found in
-the executed graph (:mod:`lowbit.algorithms._graph`), not in module order; the layer's weight
+the executed graph (:mod:`lowbit.algorithms._fold_graph`), not in module order; the layer's weight
 rows are scaled by ``s`` (one per output channel), its bias becomes ``s ⊙ (b − μ) + β`` (a bias
 is created when the layer had none) and the BatchNorm is replaced by ``nn.Identity``.
 
@@ -22,8 +22,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..model.batches import peek
-from ._check import model_output, relative_change
-from ._graph import module_graph, set_module
+from ._fold_check import model_output, relative_change
+from ._fold_graph import module_graph, set_module
 from .base import Algorithm, register_algorithm
 
 #: Largest relative change of the model's float output one fold may cause.

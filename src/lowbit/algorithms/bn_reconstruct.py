@@ -26,9 +26,9 @@ from torch import nn
 from ..errors import ConfigError
 from ..model.batches import call_batch, peek
 from ..nn.qat import weight_matrix
-from ._graph import module_graph
-from ._layerwise import (channel_axis, channels_last_2d, fake_quant_off, layers_in_call_order,
-                         paired_stream)
+from ._fold_graph import module_graph
+from ._runner_layers import (channel_axis, channels_last_2d, fake_quant_off,
+                             layers_in_call_order, paired_stream)
 from .base import Algorithm, register_algorithm
 
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)

@@ -8,7 +8,7 @@ Equalization and Bias Correction" (ICCV 2019), §4.1.  For a pair ``y = W₂ f(W
 ``r₂ᵢ = max|W₂[:, i]|``, eq. 10 picks ``sᵢ = √(r₁ᵢ / r₂ᵢ)``: both ranges become ``√(r₁ᵢ r₂ᵢ)``.
 Chains of pairs are swept repeatedly until the scales stop moving.
 
-Pairs come from the executed graph (:mod:`lowbit.algorithms._graph`): a Conv1d/Conv2d/Linear
+Pairs come from the executed graph (:mod:`lowbit.algorithms._fold_graph`): a Conv1d/Conv2d/Linear
 whose only consumer is an activation (ReLU, ReLU6, or none; ``nn.Identity`` such as a folded
 BatchNorm is looked through) whose only consumer is another Conv/Linear of matching width.
 ReLU6 is not scale-equivariant (``relu6(x/s) ≠ relu6(x)/s`` for ``x > 6``).  Our choice: a
@@ -28,7 +28,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..nn.clip import ChannelClip
-from ._graph import module_graph, set_module
+from ._fold_graph import module_graph, set_module
 from .base import Algorithm, register_algorithm
 
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
