@@ -62,3 +62,14 @@ def test_cle_and_the_composed_recipe_beat_plain_rounding_on_held_out_inputs():
                                      algorithms=["bn_fold", "cle", "bias_correction"],
                                      convert=False)
     assert held_out_mse(model, fixed, held_out) < held_out_mse(model, plain, held_out)
+
+
+def test_a_folded_equalised_corrected_model_saves_and_loads_into_a_fresh_float_model(tmp_path):
+    model, calib, x = ToyCNN(), images(4), images(1, seed=9)[0]
+    qmodel, _ = lowbit.quantize_model(model, W8_PER_TENSOR, calib,
+                                      algorithms=["bn_fold", "cle", "bias_correction"])
+    lowbit.save(qmodel, tmp_path / "ckpt")
+    loaded = lowbit.load(tmp_path / "ckpt", ToyCNN(seed=5))
+    assert isinstance(loaded.bn, torch.nn.Identity)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), qmodel(x), rtol=0, atol=0)
