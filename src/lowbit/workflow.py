@@ -99,6 +99,9 @@ def quantize_model(model: nn.Module, recipe: Any, calib_data: Any, *,
         if needs_data:
             run_batches(qmodel, calib_data)
     state = lowbit_state(qmodel)
+    # the float model as calibrated, for quantized-stage algorithms that compare against it
+    reference = (copy.deepcopy(qmodel) if any(a.wants_float_copy for a in staged["quantized"])
+                 else None)
     torch.manual_seed(seed)
     logger.info("running %s block by block", ", ".join(a.name for a in algos))
 
@@ -111,7 +114,7 @@ def quantize_model(model: nn.Module, recipe: Any, calib_data: Any, *,
                    act_dtype=act_dtype, progress=bool(progress) if not callable(progress)
                    else progress, record=state.record)
     for algo in staged["quantized"]:
-        algo.apply_quantized(qmodel, calib_data, state.record)
+        algo.apply_quantized(qmodel, calib_data, state.record, reference)
     applied = [a for stage in STAGES for a in staged[stage]]
     state.algorithms = [a.to_dict() for a in applied]
     for name, module in quant_modules(qmodel):

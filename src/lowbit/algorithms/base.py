@@ -10,8 +10,11 @@ runs in :func:`lowbit.quantize_model`:
   :class:`~lowbit.algorithms._runner.BlockContext` and may run the block over its inputs (with
   hooks) and change the weights and weight qparams of the lowbit layers inside it;
 * ``"quantized"`` — after calibration and the block algorithms, on the whole fake-quant
-  model: ``apply_quantized(qmodel, calib_data, record)`` (bias correction, BatchNorm
-  re-estimation, the affine patch), ``record(name)`` giving a layer's LayerRecord or None.  Configs
+  model: ``apply_quantized(qmodel, calib_data, record, reference)`` (bias correction,
+  BatchNorm re-estimation, the affine patch), ``record(name)`` giving a layer's LayerRecord
+  or None; ``reference`` is a copy of the model taken right after calibration (before any
+  weight changed; fake quantization off gives the float model) when the class sets
+  ``wants_float_copy``, else None.  Configs
 are data: ``to_dict``/``from_dict`` round-trip, and :func:`make_algorithm` builds one from a
 name, a dict or an instance.  New algorithms add a registry entry with
 :func:`register_algorithm`; nothing dispatches on names elsewhere.
@@ -36,6 +39,8 @@ class Algorithm:
     name: ClassVar[str] = ""
     #: when it runs: one of :data:`STAGES`
     stage: ClassVar[str] = "block"
+    #: a "quantized"-stage algorithm that compares against the float model sets this
+    wants_float_copy: ClassVar[bool] = False
 
     def apply_block(self, ctx) -> None:
         """Change the block ``ctx.module`` in place (its inputs are ``ctx.inputs``)."""
@@ -45,7 +50,7 @@ class Algorithm:
         """Rewrite the float ``model`` in place; ``{layer name: metrics}`` for its records."""
         raise NotImplementedError
 
-    def apply_quantized(self, qmodel, calib_data, record) -> None:
+    def apply_quantized(self, qmodel, calib_data, record, reference=None) -> None:
         """Change the calibrated fake-quant ``qmodel`` in place, writing into ``record(name)``."""
         raise NotImplementedError
 

@@ -99,11 +99,15 @@ class BiasCorrection(Algorithm):
             raise ConfigError("BiasCorrection.mode", self.mode, f"one of {MODES}",
                               fix="e.g. BiasCorrection(mode='weight')")
 
-    def apply_quantized(self, qmodel: nn.Module, calib_data: Any, record) -> None:
+    @property
+    def wants_float_copy(self) -> bool:  # only the empirical mode reads the float model
+        return self.mode == "empirical"
+
+    def apply_quantized(self, qmodel: nn.Module, calib_data: Any, record,
+                        reference: nn.Module | None = None) -> None:
         first, calib_data = peek(calib_data)
         calib_data = list(calib_data)
-        reference = None
-        if self.mode == "empirical":
+        if self.mode == "empirical" and reference is None:
             reference = copy.deepcopy(qmodel)
         with torch.no_grad():
             for name, layer in layers_in_call_order(qmodel, first):

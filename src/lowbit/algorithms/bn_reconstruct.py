@@ -70,7 +70,8 @@ class BNReestimate(Algorithm):
     name = "bn_reestimate"
     stage = "quantized"
 
-    def apply_quantized(self, qmodel: nn.Module, calib_data: Any, record) -> None:
+    def apply_quantized(self, qmodel: nn.Module, calib_data: Any, record,
+                        reference: nn.Module | None = None) -> None:
         before = {n: (m.running_mean.clone(), m.running_var.clone())
                   for n, m in qmodel.named_modules()
                   if isinstance(m, _BN_TYPES) and m.track_running_stats}
@@ -148,6 +149,7 @@ class BNAffine(Algorithm):
 
     name = "bn_affine"
     stage = "quantized"
+    wants_float_copy = True
     layers: str = "folded"
     a_min: float = 0.5
     a_max: float = 2.0
@@ -160,10 +162,12 @@ class BNAffine(Algorithm):
             raise ConfigError("BNAffine.a_min/a_max", (self.a_min, self.a_max),
                               "0 < a_min <= 1 <= a_max", fix="e.g. a_min=0.5, a_max=2.0")
 
-    def apply_quantized(self, qmodel: nn.Module, calib_data: Any, record) -> None:
+    def apply_quantized(self, qmodel: nn.Module, calib_data: Any, record,
+                        reference: nn.Module | None = None) -> None:
         first, calib_data = peek(calib_data)
         calib_data = list(calib_data)
-        reference = copy.deepcopy(qmodel)
+        if reference is None:
+            reference = copy.deepcopy(qmodel)
         with fake_quant_off(reference):
             for name, layer in layers_in_call_order(qmodel, first):
                 rec = record(name)
