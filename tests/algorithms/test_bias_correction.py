@@ -67,3 +67,20 @@ def test_registered_and_checked():
     assert BiasCorrection.stage == "quantized"
     with pytest.raises(ConfigError, match="BiasCorrection.mode"):
         BiasCorrection(mode="guess")
+
+
+def test_layers_are_listed_in_call_order_without_embeddings():
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.late = torch.nn.Linear(6, 3)  # registered first, called last
+            self.emb = torch.nn.Embedding(10, 6)
+            self.early = torch.nn.Linear(6, 6)
+
+        def forward(self, ids):
+            return self.late(self.early(self.emb(ids)))
+
+    qmodel, _ = lowbit.quantize_model(Net(), "w8a16", [torch.tensor([[1, 2, 3]])],
+                                      convert=False)
+    names = [n for n, _ in layers_in_call_order(qmodel, torch.tensor([[1, 2, 3]]))]
+    assert names == ["early", "late"]

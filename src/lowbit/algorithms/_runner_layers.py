@@ -34,10 +34,11 @@ def fake_quant_off(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def layers_in_call_order(model: nn.Module, batch: Any) -> list[tuple[str, nn.Module]]:
-    """``(name, module)`` of the lowbit layers with a weight quantizer, in the order one
-    forward on ``batch`` calls them (each once)."""
+    """``(name, module)`` of the lowbit Linear/Conv layers with a weight quantizer, in the
+    order one forward on ``batch`` calls them (each once; embeddings are left out)."""
     layers = [(n, m) for n, m in quant_modules(model)
-              if getattr(m, "weight_quantizer", None) is not None]
+              if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))
+              and getattr(m, "weight_quantizer", None) is not None]
     order: list[str] = []
     handles = [m.register_forward_pre_hook(lambda _m, _a, n=n: order.append(n))
                for n, m in layers]
