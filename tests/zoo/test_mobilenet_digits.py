@@ -95,3 +95,11 @@ def test_training_is_seeded_and_restores_the_global_generator():
 def test_bad_arguments_are_rejected():
     with pytest.raises(ConfigError, match="views"):
         load_mobilenet_digits(views=0)
+
+
+def test_cli_example_gives_model_batches_and_accuracy():
+    from lowbit.zoo.mobilenet_digits import cli_example
+
+    model, calib, score = cli_example(batch_size=300)
+    assert [b.shape[0] for b in calib] == [300, 300]
+    assert 90.0 <= score(model) <= 100.0

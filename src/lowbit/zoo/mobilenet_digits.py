@@ -217,3 +217,16 @@ def train_mobilenet_digits(data: MobileNetDigitsData, seed: int = 0, epochs: int
                 total += loss.item() * index.numel()
             logger.info("mobilenet digits epoch %d/%d: loss %.4f", epoch + 1, epochs, total / n)
     return model.eval()
+
+
+def cli_example(batch_size: int = 100):
+    """``(model, calib_batches, score)`` for ``lowbit quantize --model
+    lowbit.zoo.mobilenet_digits:cli_example``: the committed model, the calibration split in
+    batches of ``batch_size``, and test accuracy in percent as the score."""
+    from .digits import accuracy
+
+    check_int_range("batch_size", batch_size, 1, N_CALIB * 100)
+    data = load_mobilenet_digits()
+    calib = [data.x_calib[i:i + batch_size] for i in range(0, data.x_calib.shape[0], batch_size)]
+    return (load_trained_mobilenet_digits(), calib,
+            lambda model: accuracy(model, data.x_test, data.y_test))
