@@ -34,9 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "w8a8-static for digits, w8a8 otherwise)")
     parser.add_argument("--out_dir", required=True, help="output directory")
     parser.add_argument("--algo", default=None,
-                        help="layer-wise algorithms run block by block after calibration, "
-                             "comma-separated, e.g. gptq (registered: "
-                             "lowbit.algorithms.ALGORITHMS)")
+                        help="post-training algorithms, comma-separated, e.g. gptq or "
+                             "bn_fold,cle,bias_correction: bn_fold/cle rewrite the float "
+                             "model, gptq/awq/smoothquant run block by block after "
+                             "calibration, bias_correction/bn_affine/bn_reestimate run on "
+                             "the calibrated model (registered: lowbit.algorithms.ALGORITHMS)")
     parser.add_argument("--report", choices=("light", "full", "none"), default="light",
                         help="diagnostics report in OUT_DIR/report/ (default light: SQNR, "
                              "ranges, histograms, advice; full adds sensitivities)")

@@ -52,6 +52,7 @@ from .checkpoint_files import MANIFEST, read_checkpoint, write_checkpoint
 from .migrations import FORMAT, FORMAT_VERSION
 from .prepare import STATE_ATTR, _set_submodule, attach, lowbit_state, quant_modules
 from .select import RoleMap
+from .structure import replay_structure
 
 logger = logging.getLogger(__name__)
 
@@ -298,6 +299,7 @@ def _load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
                               "the manifest or save the model again") from None
     observed = {k: v for k, v in tensors.items() if k.startswith(OBSERVER_PREFIX)}
     weights = {k: v for k, v in tensors.items() if not k.startswith(OBSERVER_PREFIX)}
+    replay_structure(model, records)  # folded BatchNorms, ReLU6 clips, created biases
     attach(model, configs, recipe, manifest["fq_impl"], [], _roles(manifest.get("roles")))
     state = lowbit_state(model)
     state.records = records  # as saved (attach would re-annotate them)
