@@ -246,7 +246,8 @@ def prepare_conv2d(qdata: torch.Tensor, scale: torch.Tensor, zero_point: torch.T
     if not isinstance(groups, int) or groups < 1 or shape[0] % groups:
         raise ConfigError("groups", groups, f"a positive int dividing O={shape[0]}",
                           fix="pass the conv's groups")
-    weight = quant_weight(qdata, scale, zero_point, qtype, block_size)
+    weight = quant_weight(qdata, scale, zero_point, qtype, block_size,
+                          k=shape[1] * shape[2] * shape[3])
     if (weight.n, weight.k) != (shape[0], shape[1] * shape[2] * shape[3]):
         raise InputError(f"the quantized weight is [{weight.n}, {weight.k}] but weight_shape "
                          f"{shape} flattens to [{shape[0]}, {shape[1] * shape[2] * shape[3]}]; "
