@@ -121,16 +121,22 @@ def quant_weight(qdata: torch.Tensor, scale: torch.Tensor, zero_point: torch.Ten
         raise InputError(f"zero_point has dtype {zero_point.dtype}; kernels take integer "
                          "zero points (int32)")
     n = qdata.shape[0]
-    if n_blocks((n,), (block[0],))[0] != scale.shape[0]:
+    if block[0] > n or n_blocks((n,), (block[0],))[0] != scale.shape[0]:
         raise InputError(f"qdata has {n} rows but scale {tuple(scale.shape)} with block_size "
-                         f"{block} describes {scale.shape[0]} blocks of {block[0]} rows; pass "
-                         "matching tensors")
-    if k is None:
-        full = scale.shape[1] * block[1]
+                         f"{block} describes {scale.shape[0] * block[0]} (blocks of "
+                         f"{block[0]} rows, the last may be shorter); pass matching tensors")
+    full = scale.shape[1] * block[1]
+    if k is None:  # unpacked: the codes' width; packed: whole blocks unless told otherwise
         packs = qtype.bits <= 4 and qdata.dtype == torch.uint8
         k = full if packs and qdata.shape[1] == packed_size(full, qtype.bits) else qdata.shape[1]
+        if block[1] > k or n_blocks((k,), (block[1],))[0] != scale.shape[1]:
+            raise InputError(f"qdata has shape {tuple(qdata.shape)} but scale and block_size "
+                             f"describe [{n}, {full}] (or a shorter last group of at least "
+                             f"{full - block[1] + 1} columns; codes unpacked, or packed uint8 "
+                             "for grids of at most 4 bits); pass matching tensors, and k= for "
+                             "packed codes whose last group is short")
     k = int(k)
-    if k < 1 or n_blocks((k,), (block[1],))[0] != scale.shape[1]:
+    if k < block[1] or n_blocks((k,), (block[1],))[0] != scale.shape[1]:
         raise InputError(f"K={k} inputs in groups of {block[1]} make "
                          f"{n_blocks((max(k, 1),), (block[1],))[0]} groups, but scale has "
                          f"{scale.shape[1]} columns; pass k= (the weight's input count) and "
