@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from lowbit.config import LayerConfig, QuantSpec
+from lowbit.model.api import quantize_model
 from lowbit.model.checkpoint import load, save
 from lowbit.model.convert import convert
 from lowbit.model.prepare import calibrate, lowbit_state, prepare
@@ -107,3 +108,18 @@ def test_learnable_ragged_groups_train():
     scale = fq.proj.weight_quantizer.scale
     assert isinstance(scale, nn.Parameter) and tuple(scale.shape) == (64, 5)
     assert bool((scale.grad[:, -1] != 0).any()), "the short last group learns its step"
+
+
+def test_digits_cnn_and_a_576_wide_linear_are_no_longer_skipped_at_g128():
+    """The digits CNN's layers (K = 9, 144, 288, ...) and an LLM-width projection: at
+    ``w4a16-g128`` every one is quantized, none skipped for its width."""
+    from lowbit.model.select import select_layers
+    from lowbit.zoo.digits import DigitsCNN
+
+    _, records = select_layers(DigitsCNN(), "w4a16-g128")
+    assert len(records) == 6 and all(r.action == "quantized" for r in records), \
+        [(r.name, r.reason) for r in records if r.action != "quantized"]
+    toy = nn.Sequential(nn.Linear(576, 1536), nn.Linear(1536, 576))
+    q, recs = quantize_model(toy, "w4a16-g128", [torch.randn(4, 576)])
+    assert [r.action for r in recs] == ["quantized", "quantized"]
+    assert tuple(q[0].scale.shape) == (1536, 5) and tuple(q[1].scale.shape) == (576, 12)
