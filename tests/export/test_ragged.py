@@ -38,3 +38,19 @@ def test_ragged_groups_export_as_blocked_int4_and_run_in_onnx_runtime(tmp_path, 
     report = validate_onnx(result.path, model, (torch.randn(5, 576, generator=g),
                                                 torch.randn(5, 3, 6, 6, generator=g)))
     assert report["passed"] and report["mean_cosine"] >= 0.9999
+
+
+def test_tied_embedding_and_head_export_and_run_in_onnx_runtime(tmp_path):
+    """The converted tied pair (one int8 table for the embedding and the head) exports and
+    matches lowbit's own model in ONNX Runtime."""
+    from lowbit.workflow import quantize_model
+
+    from ..model.test_ties import TiedLM, _ids
+
+    q, _ = quantize_model(TiedLM().eval(), "w4a16-g128", [_ids(1)])
+    set_kernel_path(q, "reference")
+    assert q.emb.qdata is q.head.qdata
+    result = export_onnx(q, (_ids(1),), tmp_path / "tied.onnx")
+    assert not result.fallbacks, result.fallbacks
+    report = validate_onnx(result.path, q, (_ids(5),))
+    assert report["passed"] and report["mean_cosine"] >= 0.9999
