@@ -16,7 +16,10 @@ the 30 decoder layers run block by block, the embedding and LM head are plain ro
 both), each converted to integer storage and evaluated; the rise over float perplexity, GPTQ's
 rise as a fraction of RTN's, and the wall time of each quantization (same run, same machine).
 
-``--keep-float lm_head`` keeps the (tied) LM head float in every variant.
+``--keep-float lm_head`` keeps the (tied) LM head float in every variant.  ``--rtn-only``
+skips GPTQ (plain rounding only: e.g. ``--recipes w4a16-g64,w4a16-g128 --rtn-only`` for the
+ragged-group row, SmolLM2's 576-wide inputs being 4 groups of 128 and one of 64); each row
+also counts the model's ``nn.Linear`` layers and how many of them were quantized.
 
 Writes ``benchmarks/results/llm.json`` and ``llm.md`` (``--out`` changes the stem).
 
@@ -70,6 +73,8 @@ def main() -> None:
                              "lm_head (the recipe's name gets '+float:<pattern>')")
     parser.add_argument("--gptq", default="{}",
                         help='GPTQ options as JSON, e.g. \'{"act_order": true}\'')
+    parser.add_argument("--rtn-only", action="store_true",
+                        help="plain rounding only (no GPTQ variant)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's own choice)")
     parser.add_argument("--out", default=str(RESULTS / "llm"))
@@ -89,6 +94,8 @@ def main() -> None:
     def ppl(m) -> float:
         return perplexity(m, held, args.window, eval_tokens)
 
+    linear_names = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+
     t0 = time.perf_counter()
     float_ppl = ppl(model)
     eval_s = time.perf_counter() - t0
@@ -103,14 +110,19 @@ def main() -> None:
                                    f"{recipe_name}+float:{args.keep_float}")
         row = {"recipe": recipe if isinstance(recipe, str) else recipe.name}
         gptq = {"name": "gptq", **json.loads(args.gptq)}
-        for label, algos in (("rtn", None), ("gptq", [gptq])):
-            t0 = time.perf_counter()
+        variants = (("rtn", None),) if args.rtn_only else (("rtn", None), ("gptq", [gptq]))
+        for label, algos in variants:
+            t0, c0 = time.perf_counter(), time.process_time()
             qmodel, records = lowbit.quantize_model(model, recipe, calib, algorithms=algos)
-            seconds = time.perf_counter() - t0
+            seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
             p = ppl(qmodel)
+            quantized = {r.name for r in records if r.action == "quantized"}
             row[label] = {"perplexity": p, "rise_pct": 100 * (p / float_ppl - 1),
-                          "quantize_seconds": seconds,
-                          "layers_quantized": sum(r.action == "quantized" for r in records)}
+                          "quantize_seconds": seconds, "quantize_cpu_seconds": cpu_seconds,
+                          "layers_quantized": len(quantized),
+                          "linear_layers": len(linear_names),
+                          "linear_layers_quantized": len(linear_names & quantized),
+                          "loadavg_1": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
             if label == "gptq":
                 errs = [(r.metrics["gptq_output_mse"], r.metrics["rtn_output_mse"])
                         for r in records if "gptq_output_mse" in r.metrics]
@@ -120,9 +132,10 @@ def main() -> None:
                 row[label]["damping_retries"] = sum(r.metrics.get("gptq_damp_retries", 0)
                                                     for r in records)
             del qmodel
-        row["gptq_rise_over_rtn_rise"] = row["gptq"]["rise_pct"] / row["rtn"]["rise_pct"]
-        row["gptq_time_over_rtn_time"] = (row["gptq"]["quantize_seconds"]
-                                          / row["rtn"]["quantize_seconds"])
+        if "gptq" in row:
+            row["gptq_rise_over_rtn_rise"] = row["gptq"]["rise_pct"] / row["rtn"]["rise_pct"]
+            row["gptq_time_over_rtn_time"] = (row["gptq"]["quantize_seconds"]
+                                              / row["rtn"]["quantize_seconds"])
         rows.append(row)
 
     result = {"machine": cpu_model(), "platform": platform.platform(),
@@ -143,7 +156,9 @@ def main() -> None:
 
 def markdown(r: dict) -> str:
     m = r["machine"]
-    lines = ["# SmolLM2-135M perplexity: RTN vs GPTQ\n",
+    lines = ["# SmolLM2-135M perplexity: RTN vs GPTQ\n" if any("gptq" in row for row in
+                                                            r["rows"]) else
+             "# SmolLM2-135M perplexity: plain rounding (RTN)\n",
              f"CPU: {m['cpu']} ({m['cpu_count']} cores, torch threads {m['torch_threads']}, "
              f"flags {' '.join(m['flags'])}, load average {m['loadavg_1_5_15']}); "
              f"torch {m['torch']}.\n",
@@ -153,12 +168,27 @@ def markdown(r: dict) -> str:
              "| recipe | RTN ppl (rise) | GPTQ ppl (rise) | GPTQ rise / RTN rise | RTN s | "
              "GPTQ s | layers quantized |",
              "|---|---|---|---|---|---|---|"]
+    if not any("gptq" in row for row in r["rows"]):
+        return _markdown_rtn(r, lines[:3])
     for row in r["rows"]:
         rtn, g = row["rtn"], row["gptq"]
         lines.append(f"| {row['recipe']} | {rtn['perplexity']:.3f} (+{rtn['rise_pct']:.1f} %) | "
                      f"{g['perplexity']:.3f} (+{g['rise_pct']:.1f} %) | "
                      f"{row['gptq_rise_over_rtn_rise']:.2f} | {rtn['quantize_seconds']:.1f} | "
                      f"{g['quantize_seconds']:.1f} | {rtn['layers_quantized']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _markdown_rtn(r: dict, head: list[str]) -> str:
+    """The table of a ``--rtn-only`` run: plain rounding per recipe, linear layers covered."""
+    lines = head + ["| recipe | RTN ppl (rise) | linear layers quantized | layers quantized | "
+                    "RTN s (CPU s, load) |", "|---|---|---|---|---|"]
+    for row in r["rows"]:
+        rtn = row["rtn"]
+        lines.append(f"| {row['recipe']} | {rtn['perplexity']:.3f} (+{rtn['rise_pct']:.1f} %) | "
+                     f"{rtn['linear_layers_quantized']}/{rtn['linear_layers']} | "
+                     f"{rtn['layers_quantized']} | {rtn['quantize_seconds']:.1f} "
+                     f"({rtn['quantize_cpu_seconds']:.1f}, {rtn['loadavg_1']:.1f}) |")
     return "\n".join(lines) + "\n"
 
 

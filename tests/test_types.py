@@ -12,7 +12,7 @@ import lowbit
 from lowbit import types
 from lowbit.errors import ConfigError, InputError
 from lowbit.types import (Granularity, PerChannel, PerGroup, PerTensor, PerToken, QParams, QType,
-                          Scheme, qtype_from_name)
+                          Scheme, n_blocks, qtype_from_name)
 
 ALL_BITS = range(2, 17)
 
@@ -132,8 +132,6 @@ def test_per_group_default_is_128_along_the_last_axis():
 
 
 @pytest.mark.parametrize("gran,shape,match", [
-    (PerGroup(4, -1), (3, 6), r"PerGroup: size=4 does not divide dimension 1 of shape \(3, 6\)"),
-    (PerGroup(128), (1, 100), r"size=128 does not divide dimension 1 .*pad the tensor"),
     (PerChannel(2), (3, 6), r"PerChannel: axis=2 is out of range for a 2-d tensor; use an axis "
                             r"in \[-2, 1\]"),
     (PerChannel(-3), (3, 6), r"axis=-3 is out of range"),
@@ -246,3 +244,16 @@ def test_qparams_from_dict_rejects_a_bad_qtype():
     data = dict(_qparams().to_dict(), qtype="int32")
     with pytest.raises(ConfigError, match=r"qtype='int32' is invalid"):
         QParams.from_dict(data)
+
+
+@pytest.mark.parametrize("gran,shape,block,blocks", [
+    (PerGroup(4, -1), (3, 6), (1, 4), (3, 2)),      # 4 + 2: a ragged last group
+    (PerGroup(128), (2, 576), (1, 128), (2, 5)),    # SmolLM2's width: 4 × 128 + 64
+    (PerGroup(128), (1, 100), (1, 100), (1, 1)),    # larger than the dimension: one group
+    (PerGroup(3, 0), (7, 2), (3, 1), (3, 2)),
+])
+def test_per_group_that_does_not_divide_leaves_a_shorter_last_group(gran, shape, block, blocks):
+    assert gran.block_size(shape) == block
+    assert n_blocks(shape, block) == blocks
+    last = [n - (m - 1) * b for n, b, m in zip(shape, block, blocks)]
+    assert all(0 < n <= b for n, b in zip(last, block)), "the last block is non-empty, <= block"

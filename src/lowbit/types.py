@@ -147,6 +147,13 @@ class Granularity:
                               fix=str(exc)) from None
 
 
+def n_blocks(shape: tuple[int, ...], block: tuple[int, ...]) -> tuple[int, ...]:
+    """Blocks along each dimension of a tensor of ``shape`` cut into ``block``:
+    ``ceil(n / b)``, the shape of its qparams.  When ``b`` does not divide ``n`` the last
+    block along that dimension is shorter (``n - (ceil(n / b) - 1)·b`` elements)."""
+    return tuple(-(-int(n) // int(b)) if b else int(n) for n, b in zip(shape, block))
+
+
 def _normalize_axis(axis: int, ndim: int, owner: str) -> int:
     if not -ndim <= axis < ndim:
         raise InputError(f"{owner}: axis={axis} is out of range for a {ndim}-d tensor; "
@@ -189,7 +196,11 @@ class PerChannel(Granularity):
 @dataclass(frozen=True)
 class PerGroup(Granularity):
     """Groups of ``size`` consecutive elements along ``axis`` share a scale; every
-    index of the other axes has its own groups (e.g. per row, per 128 inputs)."""
+    index of the other axes has its own groups (e.g. per row, per 128 inputs).
+
+    A ``size`` that does not divide the dimension leaves a shorter last group (a *ragged*
+    group: 576 inputs at size 128 are four groups of 128 and one of 64); a ``size``
+    larger than the dimension is one group of the whole dimension."""
 
     size: int = 128
     axis: int = -1
@@ -203,11 +214,8 @@ class PerGroup(Granularity):
 
     def block_size(self, shape):
         axis = _normalize_axis(self.axis, len(shape), "PerGroup")
-        if shape[axis] % self.size:
-            raise InputError(f"PerGroup: size={self.size} does not divide dimension {axis} of "
-                             f"shape {tuple(shape)} ({shape[axis]}); choose a group size that "
-                             f"divides {shape[axis]} or pad the tensor")
-        return tuple(self.size if i == axis else 1 for i in range(len(shape)))
+        size = max(1, min(self.size, shape[axis]))
+        return tuple(size if i == axis else 1 for i in range(len(shape)))
 
     def to_dict(self):
         return {"kind": self.kind, "size": self.size, "axis": self.axis}
@@ -238,8 +246,9 @@ class QParams:
     """Quantization parameters of one tensor.
 
     ``scale`` and ``zero_point`` have the tensor's number of dimensions, with
-    size ``shape[i] // block_size[i]`` along dimension ``i`` (so they broadcast
-    after repeating each entry ``block_size[i]`` times).  ``zero_point`` holds
+    size ``ceil(shape[i] / block_size[i])`` along dimension ``i`` (:func:`n_blocks`; they
+    broadcast after repeating each entry ``block_size[i]`` times and cutting to ``shape[i]``,
+    so a last block that does not fill ``block_size[i]`` is shorter).  ``zero_point`` holds
     integers stored as int32.
     """
 

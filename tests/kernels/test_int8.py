@@ -113,10 +113,18 @@ def test_weight_only_matches_the_reference_within_the_quantization_error(
         assert err <= 1e-5, "float32 compute only rounds"
 
 
-def test_weight_only_refuses_k_not_a_multiple_of_8(qweight):
+@pytest.mark.parametrize("qtype, scheme", [(int8, Scheme.SYMMETRIC), (uint8, Scheme.AFFINE)])
+def test_weight_only_pads_k_not_a_multiple_of_8(qweight, relerr, qtype, scheme):
+    """torch's CPU kernel reads out of bounds at such K from 3 rows up: the pack pads K with
+    zero columns and the input with zeros, which leaves the result that of the real K."""
     torch.manual_seed(0)
-    odd = quant_weight(*qweight(torch.randn(8, 20), int8, PerChannel(0)))
-    assert "multiple of 8" in W8.supports(odd), "torch's CPU kernel crashes on such K"
+    w, x, b = torch.randn(8, 20), torch.randn(5, 20), torch.randn(8)
+    odd = quant_weight(*qweight(w, qtype, PerChannel(0), scheme))
+    assert W8.supports(odd) is None
+    st = prepare_w8(odd, torch.float32)
+    assert st.pad == 4 and st.wq.shape == (8, 24) and not st.wq[:, 20:].any()
+    ref = REF_W8.run(odd, x, b, None)
+    assert relerr(run_w8(st, x, b, None), ref) <= 1e-5, "float32 compute only rounds"
 
 
 @pytest.mark.parametrize("mode", ["dynamic_int8", "dynamic_int8_tensor"])

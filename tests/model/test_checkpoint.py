@@ -83,7 +83,7 @@ def test_calibrated_fake_quant_round_trip_is_bit_identical_with_a_complete_manif
     manifest = json.loads((tmp_path / "ckpt" / MANIFEST).read_text())
     weights = tmp_path / "ckpt" / manifest["weights_file"]
     sha = hashlib.sha256(weights.read_bytes()).hexdigest()
-    assert manifest["format"] == "lowbit-checkpoint" and manifest["format_version"] == FORMAT_VERSION == 2
+    assert manifest["format"] == "lowbit-checkpoint" and manifest["format_version"] == FORMAT_VERSION == 3
     assert manifest["weights_file"] == f"weights-{sha[:16]}.safetensors", "name from content hash"
     assert (manifest["weights_sha256"], manifest["weights_bytes"]) == (sha, weights.stat().st_size)
     assert manifest["stage"] == "calibrated" and manifest["fq_impl"] == "reference"

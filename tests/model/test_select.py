@@ -164,15 +164,15 @@ def test_unsupported_selected_layer_is_skipped_with_reason():
     assert "0" not in recs
 
 
-def test_group_size_must_divide_input_dimension():
-    model = nn.Sequential(nn.Linear(256, 4), nn.Linear(96, 4), nn.Conv2d(256, 256, 1, groups=4),
-                          nn.Embedding(10, 8))
+def test_group_size_need_not_divide_input_dimension():
+    """A group size that does not divide K leaves a shorter last group (ragged): every
+    layer is selected, none skipped for its width."""
+    model = nn.Sequential(nn.Linear(256, 4), nn.Linear(96, 4), nn.Linear(576, 4),
+                          nn.Conv2d(256, 256, 1, groups=4), nn.Embedding(10, 8))
     configs, records = select_layers(model, "w4a16-g128")
-    assert set(configs) == {"0", "3"}, "only the [4, 256] weight splits into groups of 128"
-    recs = _records(records)
-    assert recs["1"].action == "skipped" and "size=128 does not divide" in recs["1"].reason
-    assert recs["2"].action == "skipped" and "(256, 64, 1, 1)" in recs["2"].reason
-    assert configs["3"].weight.qtype.bits == 8, "w4a16-g128 keeps Embedding tables at int8"
+    assert set(configs) == {"0", "1", "2", "3", "4"}
+    assert all(r.action == "quantized" for r in records)
+    assert configs["4"].weight.qtype.bits == 8, "w4a16-g128 keeps Embedding tables at int8"
 
 
 def test_presets_on_a_cnn_and_embedding():
@@ -234,8 +234,8 @@ def test_empty_config_and_bad_granularity():
 def test_is_quantizable():
     assert is_quantizable(nn.Conv1d(2, 2, 1), CFG) == (True, "")
     assert is_quantizable(nn.LazyLinear(4), CFG)[1].startswith("its weight is not initialised")
-    ok, reason = is_quantizable(nn.Linear(64, 2), LayerConfig(weight_spec(int4, PerGroup(128, 1))))
-    assert not ok and "size=128 does not divide" in reason
+    assert is_quantizable(nn.Linear(64, 2), LayerConfig(weight_spec(int4, PerGroup(128, 1)))) \
+        == (True, ""), "a group wider than K is one group of K"
     assert is_quantizable(nn.GELU(), None)[0] is False
 
 

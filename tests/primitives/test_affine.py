@@ -396,9 +396,7 @@ def test_fixed_point_scheme_needs_frac_bits():
 
 
 @pytest.mark.parametrize("shape,block,match", [
-    ((4, 6), (4, 4), r"block size 4 does not divide dimension 6"),
-    ((4, 6), (3, 6), r"block size 3 does not divide dimension 4"),
-    ((4, 6), (0, 6), r"block size 0 does not divide"),
+    ((4, 6), (0, 6), r"block size 0 in \(0, 6\) is not positive"),
     ((4, 6), (4,), r"block_size \(4,\) has 1 dims but the tensor has 2"),
 ])
 def test_block_reduce_rejects_bad_block_sizes(shape, block, match):
@@ -407,8 +405,6 @@ def test_block_reduce_rejects_bad_block_sizes(shape, block, match):
 
 
 def test_granularities_reject_blocks_that_do_not_fit():
-    with pytest.raises(InputError, match=r"PerGroup: size=5 does not divide dimension 1"):
-        choose_qparams(torch.randn(4, 6), int8, granularity=PerGroup(5))
     with pytest.raises(InputError, match=r"PerChannel: axis=2 is out of range for a 2-d tensor"):
         choose_qparams(torch.randn(4, 6), int8, granularity=PerChannel(2))
 

@@ -122,7 +122,7 @@ def act_export(name: str, q: TensorQuantizer, input_shape: tuple[int, ...] | Non
                         f"{'per token' if per_token else 'per tensor'} in the graph"), None
     qp = q.qparams()
     shape = tuple(input_shape) if input_shape is not None else tuple(qp.scale.shape)
-    scale, zero, block = fit_qparams(qp.scale.float(), qp.zero_point, shape)
+    scale, zero, block = fit_qparams(qp.scale.float(), qp.zero_point, shape, qp.block_size)
     varying = [d for d, n in enumerate(scale.shape) if n > 1]
     onnx_type = act_type(spec.qtype, opset)
     per_axis = len(varying) == 1 and block[varying[0]] == 1

@@ -75,21 +75,26 @@ def _runner() -> tuple[str, int]:
 # ---------------------------------------------------------------------------- eager references
 
 
-def _broadcast(p: torch.Tensor, rank: int, axis: int | None, block: int | None) -> torch.Tensor:
-    """A scale or zero point laid out as ONNX says, expanded to broadcast against rank ``rank``."""
+def _broadcast(p: torch.Tensor, rank: int, axis: int | None, block: int | None,
+               size: int | None = None) -> torch.Tensor:
+    """A scale or zero point laid out as ONNX says, expanded to broadcast against rank ``rank``
+    (blocked: cut to ``size`` entries along ``axis``, the last block being shorter when
+    ``block`` does not divide it, as ONNX's ``ceil(D / block_size)`` scales allow)."""
     if p.dim() == 0:
         return p
     if block is None:  # per axis: 1-D along ``axis``
         shape = [1] * rank
         shape[axis] = -1
         return p.reshape(shape)
-    return p.repeat_interleave(block, dim=axis)  # blocked: same rank, ``block`` per entry
+    p = p.repeat_interleave(block, dim=axis)  # blocked: same rank, ``block`` per entry
+    return p if size is None else p.narrow(axis, 0, size)
 
 
 def _dequantize_eager(q, scale, zero, axis, block):
     rank = q.dim()
-    zero = _broadcast(zero.to(torch.int32), rank, axis, block)
-    return (q.to(torch.int32) - zero).float() * _broadcast(scale.float(), rank, axis, block)
+    size = None if block is None else q.shape[axis]
+    zero = _broadcast(zero.to(torch.int32), rank, axis, block, size)
+    return (q.to(torch.int32) - zero).float() * _broadcast(scale.float(), rank, axis, block, size)
 
 
 def _quantize_eager(x, scale, zero, axis, qmin, qmax):

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, InputError
+from ..types import qtype_from_name
 from .act import ActQuantizer
 from .dispatch import Choice, plan, unusable
 from .formats import ActFormat
@@ -246,7 +247,9 @@ def prepare_conv2d(qdata: torch.Tensor, scale: torch.Tensor, zero_point: torch.T
     if not isinstance(groups, int) or groups < 1 or shape[0] % groups:
         raise ConfigError("groups", groups, f"a positive int dividing O={shape[0]}",
                           fix="pass the conv's groups")
-    weight = quant_weight(qdata, scale, zero_point, qtype, block_size)
+    packed = qtype_from_name(qtype).bits <= 4 and qdata.dtype == torch.uint8
+    weight = quant_weight(qdata, scale, zero_point, qtype, block_size,
+                          k=shape[1] * shape[2] * shape[3] if packed else None)
     if (weight.n, weight.k) != (shape[0], shape[1] * shape[2] * shape[3]):
         raise InputError(f"the quantized weight is [{weight.n}, {weight.k}] but weight_shape "
                          f"{shape} flattens to [{shape[0]}, {shape[1] * shape[2] * shape[3]}]; "

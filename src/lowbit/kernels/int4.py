@@ -8,7 +8,10 @@ inputs (``g`` in 32, 64, 128, 256), ``u`` in ``0..15`` and a *float* zero.  lowb
 
 which holds for every grid of at most 4 bits (int4, uint4, int3, int2...).  A block of
 ``b`` inputs that is a multiple of a supported group size (per channel included, when
-``K`` is) runs with that group size, its scale repeated.
+``K`` is) runs with that group size, its scale repeated.  A ragged last group (``b`` does
+not divide ``K``) is padded to whole blocks once when packing: the padded codes are the
+row's zero point (weight exactly 0) and each call pads the input rows with zeros, so the
+result is that of the unpadded weight.
 
 CPU: ``_convert_weight_to_int4pack_for_cpu`` (int32 codes ``[N, K]``, ``N`` a multiple of 16)
 and ``_weight_int4pack_mm_for_cpu``; fast only with bfloat16 activations, so bfloat16 is the
@@ -35,9 +38,14 @@ def kernel_group(w: QuantWeight) -> int | None:
     if w.block_size[0] != 1:
         return None
     for g in GROUP_SIZES:
-        if w.block_size[1] % g == 0 and w.k % g == 0:
+        if w.block_size[1] % g == 0 and padded_k(w) % g == 0:
             return g
     return None
+
+
+def padded_k(w: QuantWeight) -> int:
+    """``K`` rounded up to whole blocks (``K`` itself unless the last group is ragged)."""
+    return w.scale.shape[1] * w.block_size[1]
 
 
 def _supports(w: QuantWeight, n_multiple: int) -> str | None:
@@ -60,6 +68,7 @@ class W4State:
     sz: torch.Tensor       # [K/g, N, 2] scale and zero in the compute dtype
     compute: torch.dtype
     mm: object             # the matmul op
+    pad: int = 0           # zero inputs appended to each row (a ragged last group)
 
 
 def _scale_zero(w: QuantWeight, g: int, dtype: torch.dtype) -> torch.Tensor:
@@ -72,8 +81,14 @@ def _scale_zero(w: QuantWeight, g: int, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _unsigned(w: QuantWeight) -> torch.Tensor:
-    """Codes ``u = q − qmin`` in ``0..15``, int32 ``[N, K]``."""
-    return w.codes().to(torch.int32) - w.qtype.qmin
+    """Codes ``u = q − qmin`` in ``0..15``, int32 ``[N, K_pad]``: a ragged last group is
+    filled with its zero point's code, so the padded weights are exactly 0."""
+    u = w.codes().to(torch.int32) - w.qtype.qmin
+    extra = padded_k(w) - w.k
+    if extra:
+        fill = (w.zero_point[:, -1:].to(torch.int32) - w.qtype.qmin).expand(w.n, extra)
+        u = torch.cat([u, fill.clamp(0, 15)], dim=1)
+    return u
 
 
 def prepare_cpu(w: QuantWeight, compute_dtype: torch.dtype) -> W4State:
@@ -81,22 +96,25 @@ def prepare_cpu(w: QuantWeight, compute_dtype: torch.dtype) -> W4State:
     g = kernel_group(w)
     packed = torch._convert_weight_to_int4pack_for_cpu(_unsigned(w), 1)
     return W4State(packed, g, _scale_zero(w, g, compute_dtype), compute_dtype,
-                   torch._weight_int4pack_mm_for_cpu)
+                   torch._weight_int4pack_mm_for_cpu, padded_k(w) - w.k)
 
 
 def prepare_cuda(w: QuantWeight, compute_dtype: torch.dtype) -> W4State:
     """Pack once for CUDA's ``_weight_int4pack_mm`` (two codes a byte, high nibble first)."""
     g = kernel_group(w)
     u = _unsigned(w).to(torch.uint8)
-    tiles = next(t for t in (8, 4, 2) if w.k % (16 * t) == 0)
+    tiles = next(t for t in (8, 4, 2) if padded_k(w) % (16 * t) == 0)
     packed = torch._convert_weight_to_int4pack((u[:, ::2] << 4 | u[:, 1::2]).contiguous(), tiles)
     return W4State(packed, g, _scale_zero(w, g, compute_dtype), compute_dtype,
-                   torch._weight_int4pack_mm)
+                   torch._weight_int4pack_mm, padded_k(w) - w.k)
 
 
 def run(st: W4State, x: torch.Tensor, bias, act) -> torch.Tensor:
     """``[M, K]`` rows -> ``[M, N]``: float activations × int4 group-wise weights."""
-    y = st.mm(x.to(st.compute), st.packed, st.group, st.sz).to(x.dtype)  # [M, N]
+    xc = x.to(st.compute)
+    if st.pad:  # zero inputs against the padded (zero) weights of a ragged last group
+        xc = torch.nn.functional.pad(xc, (0, st.pad))
+    y = st.mm(xc, st.packed, st.group, st.sz).to(x.dtype)  # [M, N]
     if bias is not None:
         y = y.add_(bias)
     return y

@@ -25,8 +25,11 @@ then ``y = sx ⊗ sw · acc``; exact products, float32 accumulation, a bfloat16 
 Weight-only (``linear.w8``): ``_weight_int8pack_mm(x, w, s)`` computes ``x·(w·s)ᵀ``; it is
 fast only with bfloat16 activations, so bfloat16 is its preferred compute dtype (rounding the
 input and the scales to bfloat16: relative 2⁻⁹, small against int8 weight rounding).  Non-zero
-weight zero points are corrected with ``− (Σ_k x_k) ⊗ (sw·zw)``.  ``K`` must be a multiple of
-8: otherwise torch 2.13's CPU kernel crashes from 3 rows up (refused with a reason).
+weight zero points are corrected with ``− (Σ_k x_k) ⊗ (sw·zw)``.  torch 2.13's CPU kernel
+crashes from 3 rows up when ``K`` is not a multiple of 8, so such a weight is padded to the
+next multiple of 8 once when packing (zero codes) and each call pads its input rows with
+zeros: the padded products are exactly 0, and the zero-point correction sums the real
+inputs only.
 """
 
 from __future__ import annotations
@@ -45,11 +48,18 @@ MAX_K_W8A8 = 16384
 
 
 def _w8_supports(w: QuantWeight, act=None) -> str | None:
-    # torch 2.13's CPU kernel reads out of bounds (segfault, or wrong bfloat16 results) when
-    # K is not a multiple of 8 with 3+ rows: the aten kernel crashes, so it is refused
-    if w.k % 8:
-        return f"_weight_int8pack_mm needs K a multiple of 8 (K={w.k})"
-    return _per_channel(w)
+    return _per_channel(w)  # any K: padded to a multiple of 8 (see the module docstring)
+
+
+def _k_pad(k: int) -> int:
+    """Zero columns that bring ``K`` to a multiple of 8 (torch 2.13's CPU kernel reads out
+    of bounds otherwise, from 3 rows up)."""
+    return -k % 8
+
+
+def _pad_columns(t: torch.Tensor, pad: int) -> torch.Tensor:
+    """``t`` ``[R, K]`` with ``pad`` zero columns appended (``t`` itself when ``pad`` is 0)."""
+    return torch.nn.functional.pad(t, (0, pad)) if pad else t
 
 
 def _per_channel(w: QuantWeight) -> str | None:
@@ -139,16 +149,19 @@ def _w8a8_cuda_supports(w: QuantWeight, act=None) -> str | None:
 class A8CodesState:
     """W8A8 on ``_weight_int8pack_mm``: int8 weights and unit scales, packed once."""
 
-    wq: torch.Tensor     # int8 [N, K] contiguous
+    wq: torch.Tensor     # int8 [N, K + pad] contiguous
     ones: torch.Tensor   # bfloat16 [N], the kernel's scales
     sw: torch.Tensor     # float32 [N]
+    pad: int = 0         # zero columns bringing K to a multiple of 8
 
 
 def prepare_w8a8_codes(w: QuantWeight, compute_dtype: torch.dtype) -> A8CodesState:
     """Pack once: the codes shifted into int8 (zero points are 0, see ``supports``)."""
     codes, _ = int8_codes(w)
-    return A8CodesState(codes, torch.ones(w.n, dtype=torch.bfloat16, device=w.device),
-                        w.scale.reshape(-1).float())
+    pad = _k_pad(w.k)
+    return A8CodesState(_pad_columns(codes, pad).contiguous(),
+                        torch.ones(w.n, dtype=torch.bfloat16, device=w.device),
+                        w.scale.reshape(-1).float(), pad)
 
 
 def run_w8a8_codes(st: A8CodesState, x: torch.Tensor, bias, act) -> torch.Tensor:
@@ -159,7 +172,7 @@ def run_w8a8_codes(st: A8CodesState, x: torch.Tensor, bias, act) -> torch.Tensor
     output rounds (relative 2⁻⁹).  Then ``y = sx ⊗ sw · Σ (q − zx)·w``.
     """
     centered, sx, _ = act.centered(x)  # q − zx: float32 [M, K] integers, [M|1, 1]
-    centered = centered.to(torch.bfloat16)  # exact: |q − zx| <= 255
+    centered = _pad_columns(centered.to(torch.bfloat16), st.pad)  # exact: |q − zx| <= 255
     acc = torch._weight_int8pack_mm(centered, st.wq, st.ones)  # [M, N] bfloat16
     y = acc.float().mul_(sx).mul_(st.sw)
     if bias is not None:
@@ -184,23 +197,27 @@ def _a8_codes_supports(w: QuantWeight, act=None) -> str | None:
 class W8State:
     """What the int8 weight-only kernel reads on every call, packed once."""
 
-    wq: torch.Tensor                # int8 [N, K] contiguous
+    wq: torch.Tensor                # int8 [N, K + pad] contiguous
     scale: torch.Tensor             # [N] in the compute dtype
     zero_corr: torch.Tensor | None  # float32 [N]: sw·zw, None when all zero
     compute: torch.dtype
+    pad: int = 0                    # zero columns bringing K to a multiple of 8
 
 
 def prepare_w8(w: QuantWeight, compute_dtype: torch.dtype) -> W8State:
-    """Pack once for ``_weight_int8pack_mm``."""
+    """Pack once for ``_weight_int8pack_mm`` (``K`` padded to a multiple of 8)."""
     codes, zw = int8_codes(w)
     sw = w.scale.reshape(-1).float()
     corr = sw * zw.float() if bool(zw.any()) else None
-    return W8State(codes, sw.to(compute_dtype), corr, compute_dtype)
+    pad = _k_pad(w.k)
+    return W8State(_pad_columns(codes, pad).contiguous(), sw.to(compute_dtype), corr,
+                   compute_dtype, pad)
 
 
 def run_w8(st: W8State, x: torch.Tensor, bias, act) -> torch.Tensor:
     """``[M, K]`` rows -> ``[M, N]``: float activations × int8 weights."""
-    y = torch._weight_int8pack_mm(x.to(st.compute), st.wq, st.scale)  # [M, N]
+    xc = _pad_columns(x.to(st.compute), st.pad)
+    y = torch._weight_int8pack_mm(xc, st.wq, st.scale)  # [M, N]
     y = y.to(x.dtype)
     if st.zero_corr is not None:
         y = y - torch.outer(x.float().sum(dim=1), st.zero_corr).to(x.dtype)

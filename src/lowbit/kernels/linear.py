@@ -220,7 +220,8 @@ class TracedLinear:
 def prepare_linear(qdata: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qtype,
                    block_size, *, act: "str | ActFormat | None" = None, path: str = "auto",
                    act_impl: str = "eager", keep_dense: bool = True,
-                   symmetric: bool | None = None, plan: Plan | None = None) -> PreparedLinear:
+                   symmetric: bool | None = None, plan: Plan | None = None,
+                   k: int | None = None) -> PreparedLinear:
     """Bind a quantized weight ``[N, K]`` (lowbit.nn's storage) to its kernels.
 
     act: None (weight-only: the input stays float), ``"dynamic_int8"`` (per-token int8
@@ -236,6 +237,8 @@ def prepare_linear(qdata: torch.Tensor, scale: torch.Tensor, zero_point: torch.T
     quantizer, for the int8 GEMM path).
     keep_dense: keep the dequantized weight of the dense path once built (``N·K`` floats;
     the default, for speed) or rebuild it on every call that takes the dense path (memory).
+    k: the input count ``K`` (needed only for packed codes whose last group is ragged).
     """
-    return PreparedLinear(quant_weight(qdata, scale, zero_point, qtype, block_size, symmetric),
+    return PreparedLinear(quant_weight(qdata, scale, zero_point, qtype, block_size, symmetric,
+                                       k),
                           act, path, act_impl, keep_dense, plan)

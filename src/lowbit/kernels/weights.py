@@ -8,9 +8,12 @@ The real modules of ``lowbit.nn`` store a weight in its 2-D view ``[N, K]`` (``N
                 (:func:`lowbit.primitives.packing.pack_codes`: offset by ``-qmin``, first code
                 in the low bits);
 ``scale``, ``zero_point``  shaped like :class:`lowbit.types.QParams` for ``[N, K]``
-                (``[N // block[0], K // block[1]]``), integer zero points;
+                (``[ceil(N / block[0]), ceil(K / block[1])]``: a last group shorter than
+                ``block[1]`` when it does not divide ``K``), integer zero points;
 
-and ``x̂ = (q − z)·s``.  ``K`` is recovered from the qparams: ``K = scale.shape[1]·block[1]``.
+and ``x̂ = (q − z)·s``.  ``K`` is the unpacked codes' width; for packed codes it is
+given (``k=``), or else taken as ``scale.shape[1]·block[1]``, which is right whenever
+``block[1]`` divides ``K``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import torch
 from ..errors import ConfigError, InputError
 from ..primitives.affine import dequantize
 from ..primitives.packing import packed_size, unpack_codes
-from ..types import QParams, QType, qtype_from_name
+from ..types import QParams, QType, n_blocks, qtype_from_name
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,21 +77,25 @@ class QuantWeight:
     def rows(self, start: int, stop: int) -> "QuantWeight":
         """Output rows ``[start, stop)`` as a weight of their own (views, no copy)."""
         b0 = self.block_size[0]
-        if start % b0 or stop % b0:
+        if start % b0 or (stop % b0 and stop != self.n):
             raise InputError(f"QuantWeight.rows: rows [{start}, {stop}) cut a block of "
                              f"{b0} rows; split at multiples of block_size[0]={b0}")
-        return QuantWeight(self.qdata[start:stop], self.scale[start // b0:stop // b0],
-                           self.zero_point[start // b0:stop // b0], self.qtype,
+        end = -(-stop // b0)  # a ragged last row block is taken whole
+        return QuantWeight(self.qdata[start:stop], self.scale[start // b0:end],
+                           self.zero_point[start // b0:end], self.qtype,
                            self.block_size, stop - start, self.k, self.packed,
                            self.symmetric)
 
 
 def quant_weight(qdata: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
-                 qtype, block_size, symmetric: bool | None = None) -> QuantWeight:
+                 qtype, block_size, symmetric: bool | None = None,
+                 k: int | None = None) -> QuantWeight:
     """Check and describe a quantized weight ``[N, K]`` stored as lowbit.nn stores it.
 
     symmetric: whether the weight's scheme has zero points fixed at 0 (a layer passes what
     its spec says); None reads it from the zero points (for raw tensors).
+    k: the number of inputs ``K`` (needed for packed codes whose last group is ragged,
+    i.e. ``block_size[1]`` does not divide ``K``; None derives it from the tensors).
     Raises :class:`InputError` naming the inconsistent tensor and the fix.
     """
     qtype = qtype_from_name(qtype)
@@ -113,10 +120,27 @@ def quant_weight(qdata: torch.Tensor, scale: torch.Tensor, zero_point: torch.Ten
     if zero_point.is_floating_point() or zero_point.is_complex():
         raise InputError(f"zero_point has dtype {zero_point.dtype}; kernels take integer "
                          "zero points (int32)")
-    n, k = scale.shape[0] * block[0], scale.shape[1] * block[1]
-    if qdata.shape[0] != n:
-        raise InputError(f"qdata has {qdata.shape[0]} rows but scale {tuple(scale.shape)} "
-                         f"with block_size {block} describes {n}; pass matching tensors")
+    n = qdata.shape[0]
+    if block[0] > n or n_blocks((n,), (block[0],))[0] != scale.shape[0]:
+        raise InputError(f"qdata has {n} rows but scale {tuple(scale.shape)} with block_size "
+                         f"{block} describes {scale.shape[0] * block[0]} (blocks of "
+                         f"{block[0]} rows, the last may be shorter); pass matching tensors")
+    full = scale.shape[1] * block[1]
+    if k is None:  # unpacked: the codes' width; packed: whole blocks unless told otherwise
+        packs = qtype.bits <= 4 and qdata.dtype == torch.uint8
+        k = full if packs and qdata.shape[1] == packed_size(full, qtype.bits) else qdata.shape[1]
+        if block[1] > k or n_blocks((k,), (block[1],))[0] != scale.shape[1]:
+            raise InputError(f"qdata has shape {tuple(qdata.shape)} but scale and block_size "
+                             f"describe [{n}, {full}] (or a shorter last group of at least "
+                             f"{full - block[1] + 1} columns; codes unpacked, or packed uint8 "
+                             "for grids of at most 4 bits); pass matching tensors, and k= for "
+                             "packed codes whose last group is short")
+    k = int(k)
+    if k < block[1] or n_blocks((k,), (block[1],))[0] != scale.shape[1]:
+        raise InputError(f"K={k} inputs in groups of {block[1]} make "
+                         f"{n_blocks((max(k, 1),), (block[1],))[0]} groups, but scale has "
+                         f"{scale.shape[1]} columns; pass k= (the weight's input count) and "
+                         "qparams chosen for it")
     # lowbit.nn packs grids of at most 4 bits; a packed row of K codes takes ceil(K·bits/8)
     packed = (qtype.bits <= 4 and qdata.dtype == torch.uint8
               and qdata.shape[1] == packed_size(k, qtype.bits))

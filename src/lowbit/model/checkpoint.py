@@ -3,10 +3,10 @@
 A checkpoint is a DIRECTORY holding ``manifest.json`` and ``weights-<sha256[:16]>.safetensors``.
 Loading never unpickles: the manifest is JSON, the tensors safetensors.
 
-Manifest, format v2::
+Manifest, format v3::
 
     format          "lowbit-checkpoint"
-    format_version  2 (older versions are migrated on load: lowbit.model.migrations)
+    format_version  3 (older versions are migrated on load: lowbit.model.migrations)
     lowbit_version  the lowbit that wrote it
     recipe          Recipe.to_dict()
     fq_impl         "reference" | "fused" (how fake quantization computes)
@@ -16,6 +16,9 @@ Manifest, format v2::
     roles           the RoleMap's fields, or null
     observers       {quantizer path: {"method", "n_observed", "observing"}}
     algorithms      [algorithm config dicts] applied block by block (absent or [] for none)
+    tied            {state_dict key: stored key}: a key whose tensor IS another key's (a tied
+                    weight, the shared codes of tied layers: lowbit.model.ties) is stored
+                    once; loading gives it the stored tensor and re-ties the layers' codes
     weights_file, weights_sha256, weights_bytes
 
 The weights file holds the model's ``state_dict`` and, under ``__observer__/<quantizer
@@ -53,6 +56,7 @@ from .migrations import FORMAT, FORMAT_VERSION
 from .prepare import STATE_ATTR, _set_submodule, attach, lowbit_state, quant_modules
 from .select import RoleMap
 from .structure import replay_structure
+from .ties import share_converted, tied_groups
 
 logger = logging.getLogger(__name__)
 
@@ -80,10 +84,15 @@ def _layers(model: nn.Module) -> dict[str, dict]:
     return layers
 
 
-def _tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
-    """The state_dict plus observer states (CPU, contiguous, no shared storage)."""
+def _tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict],
+                                        dict[str, str]]:
+    """The state_dict plus observer states (CPU, contiguous, no shared storage), and the
+    ``tied`` map: a key whose tensor is the very tensor of an earlier key (a tied weight, a
+    tied layer's codes) is not stored again but mapped to that key."""
     out: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
+    first: dict[tuple, str] = {}
+    tied: dict[str, str] = {}
 
     def put(key: str, value: Any) -> None:
         if not isinstance(value, torch.Tensor):
@@ -91,6 +100,13 @@ def _tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict]
                                   "tensor; checkpoints hold tensors only (safetensors). Fix: "
                                   "keep module extra state out of state_dict or store it as "
                                   "a buffer")
+        same = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape),
+                value.stride(), value.dtype, value.device)
+        if value.numel() and same in first:  # one tensor under two names: stored once
+            tied[key] = first[same]
+            return
+        if value.numel():
+            first[same] = key
         t = value.detach().to("cpu").contiguous()
         storage = t.untyped_storage().data_ptr()
         if t.numel() and storage in seen:  # tied or viewed tensors: safetensors wants them apart
@@ -109,7 +125,7 @@ def _tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict]
                 put(f"{OBSERVER_PREFIX}{path}/{key}", value)
             observers[path] = {"method": module.spec.method, "n_observed": module._n_observed,
                                "observing": bool(module.observing)}
-    return out, observers
+    return out, observers, tied
 
 
 def _roles_dict(roles: RoleMap | None) -> dict | None:
@@ -143,13 +159,13 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
     if directory.exists() and not directory.is_dir():
         raise CheckpointError(f"{directory}: is a file, but a checkpoint is a directory. "
                               "Fix: pass a directory path (it is created if missing)")
-    tensors, observers = _tensors(model)
+    tensors, observers, tied = _tensors(model)
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
                 "lowbit_version": __version__, "recipe": state.recipe.to_dict(),
                 "fq_impl": state.fq_impl, "stage": _stage(model), "layers": _layers(model),
                 "records": [r.to_dict() for r in state.records],
                 "roles": _roles_dict(state.roles), "observers": observers,
-                "algorithms": list(getattr(state, "algorithms", []))}
+                "algorithms": list(getattr(state, "algorithms", [])), "tied": tied}
     write_checkpoint(directory, tensors, manifest)
     logger.info("saved %s (%s stage, %d layer(s)) to %s", type(model).__name__,
                 manifest["stage"], len(manifest["layers"]), directory)
@@ -190,6 +206,17 @@ def _configs(manifest: dict, model: nn.Module, file: Path) -> dict[str, LayerCon
     return configs
 
 
+def _tied(manifest: dict, tensors: dict[str, torch.Tensor], file: Path) -> dict[str, str]:
+    """The manifest's ``tied`` map (key -> the stored key holding its tensor), checked."""
+    tied = manifest.get("tied") or {}
+    bad = [k for k, v in tied.items() if not isinstance(k, str) or v not in tensors]
+    if not isinstance(tied, dict) or bad:
+        raise CheckpointError(f"{file}: 'tied' maps {bad[:_SHOW] or tied!r} to tensors the "
+                              "weights file does not hold. Fix: restore the manifest or save "
+                              "the model again")
+    return tied
+
+
 def _roles(data: Any) -> RoleMap | None:
     if not isinstance(data, dict):
         return None
@@ -200,8 +227,8 @@ def _roles(data: Any) -> RoleMap | None:
 
 def _quantizer_keys(model: nn.Module) -> set[str]:
     """state_dict keys of quantizer buffers, whose shapes a load adopts."""
-    return {f"{path}.{key}" for path, m in model.named_modules()
-            if isinstance(m, TensorQuantizer) for key in _QUANTIZER_BUFFERS}
+    return {f"{path}.{key}" for path, m in model.named_modules(remove_duplicate=False)
+            if isinstance(m, TensorQuantizer) for key in _QUANTIZER_BUFFERS}  # shared: each name
 
 
 def _check_state(model: nn.Module, tensors: dict[str, torch.Tensor], file: Path) -> None:
@@ -290,6 +317,9 @@ def _load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     file = directory / MANIFEST
     manifest, tensors = read_checkpoint(directory)
     weights_file = directory / manifest["weights_file"]
+    tied = _tied(manifest, tensors, file)
+    tensors.update({key: tensors[source] for key, source in tied.items()})
+    groups = tied_groups(model)  # the float model's own ties, by Parameter identity
     configs = _configs(manifest, model, file)
     try:
         recipe = Recipe.from_dict(manifest["recipe"])
@@ -312,6 +342,7 @@ def _load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
             _set_submodule(model, name, real.to(qat.weight.device))
     _check_state(model, weights, weights_file)
     model.load_state_dict(weights, strict=True)
+    share_converted(model, groups)  # a tied weight's codes: one object again
     _restore_observers(model, manifest, observed, weights_file)
     state.calibrated = manifest["stage"] in ("calibrated", "converted")
     state.converted = manifest["stage"] == "converted"

@@ -19,6 +19,7 @@ from ..nn.quantized import QuantizedModule
 
 from ..nn.tables import QUANTIZED_MODULES
 from .prepare import STATE_ATTR, alias_map, lowbit_state, quant_modules, swap_module
+from .ties import share_converted, tied_groups
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ def convert(model: nn.Module, *, inplace: bool = False) -> nn.Module:
         model = copy.deepcopy(model)
         state = lowbit_state(model)
     aliases = alias_map(model)
+    tied = tied_groups(model)  # by Parameter identity, before the float weights go
     for name, qat in list(quant_modules(model)):
         if qat.weight_quantizer is None:  # activation-only layer: stays fake-quant
             record = state.record(name)
@@ -51,6 +53,7 @@ def convert(model: nn.Module, *, inplace: bool = False) -> nn.Module:
                 if isinstance(value, str):
                     setattr(record, attr, value)
         del qat
+    share_converted(model, tied)  # one qdata/scale/zero_point per tied weight
     state.converted = True
     logger.info("converted %s to integer storage", type(model).__name__)
     return model

@@ -5,7 +5,8 @@ returning ``(manifest, tensors)`` at version ``v + 1``; :func:`migrate` applies 
 up to :data:`FORMAT_VERSION` and records the version it started from as ``migrated_from``.
 Migrations work on plain data (a JSON dict and a dict of tensors) and never touch a model.
 
-Format v2 (current) is described in :mod:`lowbit.model.checkpoint`.  v1 differed only in one
+Format v3 (current) is described in :mod:`lowbit.model.checkpoint`.  v2 had no ``tied`` map
+(every key stored its own tensor; see :func:`v2_to_v3`); v1 differed from v2 only in one
 ``backend`` field (see :func:`v1_to_v2`).  v0, the role-flag checkpoints with legacy
 ``a_scale``/``w_scale`` tensors, is migrated by :mod:`lowbit.compat.checkpoint_v0`, which
 registers itself here with :func:`register_migration` (``import lowbit`` does that).
@@ -25,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "lowbit-checkpoint"
 #: The format version :func:`lowbit.model.checkpoint.save` writes and every migration reaches.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 Tensors = dict[str, torch.Tensor]
 
@@ -45,10 +46,19 @@ def v1_to_v2(manifest: dict, tensors: Tensors) -> tuple[dict, Tensors]:
     return new, tensors
 
 
+def v2_to_v3(manifest: dict, tensors: Tensors) -> tuple[dict, Tensors]:
+    """v3 stores a tensor shared by two keys once and maps the second key to the first
+    (``tied``); a v2 checkpoint stored every key apart, so its map is empty."""
+    new = dict(manifest)
+    new["tied"] = {}
+    new["format_version"] = 3
+    return new, tensors
+
+
 Migration = Callable[[dict, Tensors], tuple[dict, Tensors]]
 
 #: format version -> the function bringing a checkpoint of that version to the next.
-MIGRATIONS: dict[int, Migration] = {1: v1_to_v2}
+MIGRATIONS: dict[int, Migration] = {1: v1_to_v2, 2: v2_to_v3}
 
 
 def register_migration(version: int, step: Migration) -> Migration:

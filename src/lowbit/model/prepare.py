@@ -28,6 +28,7 @@ from ..recipe import Recipe, load_recipe
 from ..records import LayerRecord
 from .batches import split_batch
 from .select import RoleMap, find_roles, select_layers
+from .ties import share_quantizers
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ def attach(model: nn.Module, configs: dict[str, LayerConfig], recipe: Recipe, fq
         if record is not None:
             record.fq_impl = fq_impl
             record.fq_fallback = qmod.fallback_reason
+    share_quantizers(model)  # layers tied to one weight quantize it once
     setattr(model, STATE_ATTR, LowbitState(recipe, fq_impl, records, roles))
     model.start_calibration = types.MethodType(start_calibration, model)
     model.end_calibration = types.MethodType(end_calibration, model)

@@ -27,6 +27,7 @@ from ..errors import ConfigError, InputError
 from ..nn.complex import ComplexPoint
 from ..recipe import ByName, ByRole, ByType, Recipe, Selector, load_recipe
 from ..records import LayerRecord
+from .ties import unify_tied
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +208,8 @@ def select_layers(model: nn.Module, recipe: Any, roles: RoleMap | None = None
     Returns ``(configs, records)``: the LayerConfig of every layer to quantize, and a
     LayerRecord for every module a rule selected ("quantized", "float" or "skipped" with
     a reason). The first matching rule wins; children of a selected module are not
-    selected again. A recipe selecting by role without ``roles`` gets roles by
+    selected again.  Layers sharing one weight Parameter get one weight spec
+    (:mod:`lowbit.model.ties`). A recipe selecting by role without ``roles`` gets roles by
     registration order (logged, and named in each role-matched record).
     """
     if not isinstance(model, nn.Module):
@@ -251,4 +253,4 @@ def select_layers(model: nn.Module, recipe: Any, roles: RoleMap | None = None
             walk(child, f"{name}.{child_name}" if name else child_name, inherited)
 
     walk(model, "", None)
-    return configs, records
+    return unify_tied(model, configs, records), records  # one weight spec per tied weight

@@ -113,7 +113,8 @@ class QuantizedLinear(QuantizedModule):
     def _quant_weight(self):
         from ..kernels import quant_weight
         return quant_weight(self.qdata, self.scale, self.zero_point, self.qtype, self.block_size,
-                            symmetric=self.weight_spec.scheme is not Scheme.AFFINE)
+                            symmetric=self.weight_spec.scheme is not Scheme.AFFINE,
+                            k=self.in_dim)
 
     def kernel_plan(self):
         """The layer's kernel :class:`~lowbit.kernels.dispatch.Plan` for float32 inputs, made
@@ -156,7 +157,7 @@ class QuantizedLinear(QuantizedModule):
                                       self.block_size, act=self.act_format(),
                                       path=self.requested_kernel_path,
                                       symmetric=self.weight_spec.scheme is not Scheme.AFFINE,
-                                      plan=plan)
+                                      plan=plan, k=self.in_dim)
             cached = (prepared, self._runtime_act())
             self.__dict__["_kernel"], self.__dict__["_kernel_cache_key"] = cached, key
         return cached[0]

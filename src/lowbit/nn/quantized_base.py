@@ -12,7 +12,7 @@ from ..config import LayerConfig, QuantSpec, check_kernel_path
 from ..errors import ConfigError, StateError
 from ..primitives.affine import dequantize, quantize
 from ..primitives.packing import pack_codes, packed_size, unpack_codes
-from ..types import PerChannel, QParams, Scheme, int8
+from ..types import PerChannel, QParams, Scheme, int8, n_blocks
 from .qat import (QuantModuleMixin,
                   weight_matrix)
 from .quantizer import TensorQuantizer
@@ -104,7 +104,7 @@ class QuantizedModule(nn.Module):
             cols *= n
         self.in_dim = cols
         self.block_size = weight_spec.granularity.block_size((rows, cols))
-        qshape = tuple(n // b for n, b in zip((rows, cols), self.block_size))
+        qshape = n_blocks((rows, cols), self.block_size)  # a ragged last group counts
         self.packed = self.qtype.bits <= PACK_MAX_BITS
         if self.packed:
             qdata = torch.zeros(rows, packed_size(cols, self.qtype.bits), dtype=torch.uint8)

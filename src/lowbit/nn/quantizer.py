@@ -49,13 +49,15 @@ def fused_fallback_reason(spec: QuantSpec) -> str | None:
             f"(only {', '.join(sorted(FUSED_GRANULARITIES))}); fq_impl='reference' instead")
 
 
-def fit_qparams(scale: torch.Tensor, zero_point: torch.Tensor,
-                shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
+def fit_qparams(scale: torch.Tensor, zero_point: torch.Tensor, shape: tuple[int, ...],
+                block_hint: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
     """Align stored qparams to a tensor of ``shape`` (numpy-style, trailing dims aligned).
 
     Returns ``(scale, zero_point, block_size)`` with the tensor's rank, so that qparams
     calibrated on ``[B, T, K]`` serve an input ``[B', K]`` when only their trailing dims
-    vary.  Raises :class:`InputError` when the shapes cannot be matched.
+    vary.  ``block_hint`` is the block the qparams were made with (trailing dims aligned
+    too): a dimension it cuts into ``ceil(n / b)`` blocks keeps it, which is how a ragged
+    last group is told apart.  Raises :class:`InputError` when the shapes cannot be matched.
     """
     ndim = len(shape)
     if scale.dim() > ndim:
@@ -70,8 +72,12 @@ def fit_qparams(scale: torch.Tensor, zero_point: torch.Tensor,
         lead = (1,) * (ndim - scale.dim())
         scale = scale.reshape(lead + tuple(scale.shape))
         zero_point = zero_point.reshape(lead + tuple(zero_point.shape))
+    hint = (0,) * (ndim - len(block_hint)) + tuple(block_hint)[max(0, len(block_hint) - ndim):]
     block = []
-    for n, s in zip(shape, scale.shape):
+    for n, s, h in zip(shape, scale.shape, hint):
+        if s > 1 and h > 0 and -(-n // h) == s:  # the stored block (possibly ragged) fits
+            block.append(int(h))
+            continue
         if s != 1 and (s == 0 or n % s):
             raise InputError(f"qparams of shape {tuple(scale.shape)} do not fit an input of "
                              f"shape {tuple(shape)}; feed inputs shaped like the calibration "
@@ -262,7 +268,8 @@ class TensorQuantizer(nn.Module):
             qp = self._dynamic_qparams(x)
             scale, zero, block = qp.scale, qp.zero_point, qp.block_size
         elif self.is_frozen:
-            scale, zero, block = fit_qparams(self.scale, self.zero_point, tuple(x.shape))
+            scale, zero, block = fit_qparams(self.scale, self.zero_point, tuple(x.shape),
+                                             tuple(int(b) for b in self.block_size.tolist()))
         elif self.spec.scheme is Scheme.FIXED_POINT:
             qp = _fixed_qparams(self.spec, x.device)
             scale, zero, block = fit_qparams(qp.scale, qp.zero_point, tuple(x.shape))

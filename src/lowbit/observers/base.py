@@ -32,7 +32,7 @@ import torch
 from ..config import QuantSpec
 from ..errors import CheckpointError, ConfigError, InputError, StateError
 from ..primitives.affine import check_finite, qparams_from_range
-from ..types import PerChannel, PerGroup, PerTensor, PerToken, QParams, Scheme
+from ..types import PerChannel, PerGroup, PerTensor, PerToken, QParams, Scheme, n_blocks
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class Observer:
                           tuple(xf.shape))
                 return
             block = self.spec.granularity.block_size(tuple(xf.shape))
-            stat_shape = tuple(n // b for n, b in zip(xf.shape, block))
+            stat_shape = n_blocks(tuple(xf.shape), block)
             if self._stat_shape is not None and _squeezed(stat_shape) != _squeezed(self._stat_shape):
                 raise InputError(
                     f"{type(self).__name__}: a tensor of shape {tuple(xf.shape)} gives "

@@ -21,7 +21,7 @@ import torch
 
 from ..errors import ConfigError
 from ..primitives.affine import expand_param
-from ..types import Scheme
+from ..types import Scheme, n_blocks
 from .base import Observer
 from .minmax import block_minmax, grid_range
 from .registry import register_observer
@@ -61,7 +61,7 @@ class MovingAverageObserver(Observer):
         check_low = self._fixed_bounds() is None    # negatives on [0, hi] are counted by the base
         if not bool((hi.float() > ghi).any()) and not (check_low and bool((lo.float() < glo).any())):
             return                                  # the batch lies inside the running range
-        stat_shape = tuple(n // b for n, b in zip(x.shape, block))
+        stat_shape = n_blocks(tuple(x.shape), block)
         outside = x > expand_param(ghi.reshape(stat_shape), tuple(x.shape), block)
         if check_low:
             outside |= x < expand_param(glo.reshape(stat_shape), tuple(x.shape), block)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from ..primitives.affine import pad_to_blocks
 from ..types import PerTensor
 from .base import ALL_GRANULARITIES
 from .hist_base import DEFAULT_BINS, HistogramObserver
@@ -39,7 +40,9 @@ def mse_range(obs: HistogramObserver) -> tuple[float, float, float, float]:
 
 
 def _as_blocks(x: torch.Tensor, block: tuple[int, ...]) -> torch.Tensor:
-    """``x`` as ``(n_blocks, block_elems)``, blocks in row-major order of the qparams."""
+    """``x`` as ``(n_blocks, block_elems)``, blocks in row-major order of the qparams (a
+    ragged last block is padded with zeros, which every grid holds exactly: no error)."""
+    x = pad_to_blocks(x, block, "zeros")
     shape: list[int] = []
     for n, b in zip(x.shape, block):
         shape += [n // b, b]

@@ -8,7 +8,9 @@ that is ``torch.fake_quantize_per_{tensor,channel}_affine``; ``torch.quantize_pe
 with an odd ``z`` they can differ from both by one code; with ``z = 0`` all agree.)
 
 Granularity is lowered to a block shape: ``scale``/``zero_point`` have the
-tensor's rank and size ``shape[i] // block[i]`` along dimension ``i``.
+tensor's rank and size ``ceil(shape[i] / block[i])`` along dimension ``i``.  A block size
+that does not divide its dimension leaves a shorter last block (a ragged group): its range
+is taken over the elements it has, and its parameters apply to them only.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError, InputError
-from ..types import Granularity, QParams, QType, Scheme
+from ..types import Granularity, QParams, QType, Scheme, n_blocks
 
 EPS = torch.finfo(torch.float32).eps  # scale floor: all-zero/constant tensors stay finite
 F32_MAX = float(torch.finfo(torch.float32).max)
@@ -69,15 +71,37 @@ def check_finite(x: torch.Tensor, what: str = "tensor") -> None:
                          "or the layer producing them")
 
 
-def _blocked(x: torch.Tensor, block: tuple[int, ...]) -> torch.Tensor:
-    """View ``x`` as ``(n0, b0, n1, b1, ...)`` so reductions over odd dims are per block."""
+def pad_to_blocks(x: torch.Tensor, block: tuple[int, ...], mode: str = "zeros") -> torch.Tensor:
+    """``x`` grown along every dimension whose block does not divide it, to whole blocks.
+
+    mode ``"zeros"`` fills with 0 (exact on every grid: it adds nothing to a sum or a
+    squared error); ``"edge"`` repeats the last element along that dimension, so that the
+    min and max of the short last block are unchanged.  Returns ``x`` itself when every
+    block divides its dimension."""
     if len(block) != x.dim():
         raise InputError(f"block_size {block} has {len(block)} dims but the tensor has {x.dim()}")
+    for b in block:
+        if b < 1:
+            raise InputError(f"block size {b} in {tuple(block)} is not positive; every block "
+                             "size must be at least 1")
+    for dim, (n, m) in enumerate(zip(x.shape, n_blocks(tuple(x.shape), block))):
+        extra = m * block[dim] - n
+        if extra <= 0:
+            continue
+        if mode == "edge":
+            fill = x.narrow(dim, n - 1, 1).expand(*x.shape[:dim], extra, *x.shape[dim + 1:])
+        else:
+            fill = x.new_zeros(*x.shape[:dim], extra, *x.shape[dim + 1:])
+        x = torch.cat([x, fill], dim=dim)
+    return x
+
+
+def _blocked(x: torch.Tensor, block: tuple[int, ...]) -> torch.Tensor:
+    """View ``x`` as ``(n0, b0, n1, b1, ...)`` so reductions over odd dims are per block
+    (a ragged last block is padded with its own last element: min and max unchanged)."""
+    x = pad_to_blocks(x, block, "edge")
     shape: list[int] = []
     for n, b in zip(x.shape, block):
-        if b < 1 or n % b:
-            raise InputError(f"block size {b} does not divide dimension {n} of shape "
-                             f"{tuple(x.shape)}; choose a block that divides it")
         shape += [n // b, b]
     return x.reshape(shape)
 
@@ -95,10 +119,15 @@ def block_reduce(x: torch.Tensor, block: tuple[int, ...], op: str) -> torch.Tens
 
 
 def expand_param(p: torch.Tensor, shape: tuple[int, ...], block: tuple[int, ...]) -> torch.Tensor:
-    """Repeat a per-block parameter so it broadcasts against a tensor of ``shape``."""
+    """Repeat a per-block parameter so it broadcasts against a tensor of ``shape`` (cut to
+    ``shape`` where a ragged last block is shorter than ``block``)."""
     for dim, b in enumerate(block):
         if b > 1 and p.shape[dim] > 1:
+            ragged = dim < len(shape) and p.shape[dim] == -(-shape[dim] // b) \
+                and p.shape[dim] * b > shape[dim]
             p = p.repeat_interleave(b, dim=dim)
+            if ragged:
+                p = p.narrow(dim, 0, shape[dim])
     return p
 
 
@@ -186,7 +215,7 @@ def _broadcast_params(x: torch.Tensor, qp: QParams) -> tuple[torch.Tensor, torch
         raise InputError(f"qparams with scale of shape {tuple(qp.scale.shape)} with block_size "
                          f"{tuple(qp.block_size)} do not fit a tensor of shape {shape}; use the "
                          "qparams chosen for this tensor (scale has the tensor's rank and size "
-                         "shape[i] // block_size[i])")
+                         "ceil(shape[i] / block_size[i]))")
     return scale, zero
 
 
