@@ -167,6 +167,11 @@ CASES = {
     "GPTQ": (lambda bad: lowbit.GPTQ(damp=bad), NOT_A_NUMBER),
     "AWQ": (lambda bad: lowbit.AWQ(grid=bad), NOT_A_NUMBER),
     "SmoothQuant": (lambda bad: lowbit.SmoothQuant(alpha=bad), NOT_A_NUMBER),
+    "BNFold": (lambda bad: lowbit.BNFold(tol=bad), NOT_A_NUMBER),
+    "CLE": (lambda bad: lowbit.CLE(iterations=bad), NOT_A_NUMBER),
+    "BiasCorrection": (lambda bad: lowbit.BiasCorrection(mode=bad), NAME_ARG),
+    "BNAffine": (lambda bad: lowbit.BNAffine(a_min=bad), NOT_A_NUMBER),
+    "shard_batches": (lambda bad: lowbit.shard_batches(bad), ["none", "int", "str"]),
     # modules: the fake-quant twins are made from float modules, the converted ones by specs
     "QuantLinear.from_float": (lambda bad: lowbit.QuantLinear.from_float(bad, CONFIG),
                                ["none", "str", "float_model"]),
@@ -192,6 +197,7 @@ EXEMPT = {
     "PerTensor": "takes no arguments",
     "PerToken": "takes no arguments",
     "describe_presets": "takes no arguments",
+    "BNReestimate": "takes no arguments",
     "Granularity": "the abstract base of PerTensor/PerChannel/PerGroup/PerToken, not built "
                    "by users",
     "ComparisonResult": "a result lowbit.compare returns, not built from user input",

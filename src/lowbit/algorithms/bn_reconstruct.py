@@ -158,7 +158,9 @@ class BNAffine(Algorithm):
         if self.layers not in ("folded", "all"):
             raise ConfigError("BNAffine.layers", self.layers, "'folded' or 'all'",
                               fix="e.g. BNAffine(layers='all') for models without BatchNorm")
-        if not 0 < self.a_min <= 1 <= self.a_max:
+        bounds = (self.a_min, self.a_max)
+        if any(isinstance(b, bool) or not isinstance(b, (int, float)) for b in bounds) \
+                or not 0 < self.a_min <= 1 <= self.a_max:
             raise ConfigError("BNAffine.a_min/a_max", (self.a_min, self.a_max),
                               "0 < a_min <= 1 <= a_max", fix="e.g. a_min=0.5, a_max=2.0")
 
