@@ -5,13 +5,15 @@ Without algorithms this is :func:`lowbit.model.api.quantize_model`.  With algori
 ``GPTQ(damp=0.01, act_order=True)`` or their dicts) the prepared model's ranges are set
 first (weights from themselves; static activation ranges from one pass of the calibration
 data through the float-weight model), then the shared block runner walks the model's
-repeated blocks and applies every algorithm to each block in order, feeding each block the
-outputs of the blocks already quantized.  The algorithms' configs are kept with the model
+repeated blocks (or, in a model without any, its Linear/Conv layers one by one) and applies
+every algorithm to each unit in order, feeding each unit the outputs of the units already
+quantized; the float model (every quantizer off) is the runner's reference.  The algorithms' configs are kept with the model
 (``lowbit_state(model).algorithms``) and saved in the checkpoint manifest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any, Callable
 
@@ -25,9 +27,25 @@ from .model.api import quantize_model as _plain_quantize_model
 from .model.batches import check_calib_data, check_max_batches, is_forward_loop, peek, run_batches
 from .model.convert import convert as convert_model
 from .model.prepare import calibrate, lowbit_state, prepare, quant_modules
+from .nn.quantizer import TensorQuantizer
 from .records import LayerRecord
 
 logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def quantizers_off(model: nn.Module):
+    """Context manager: every quantizer of ``model`` passes its input through (the float
+    model, as the layer-wise algorithms' reference); their states are restored on exit."""
+    quantizers = [m for m in model.modules() if isinstance(m, TensorQuantizer)]
+    saved = [q.enabled for q in quantizers]
+    for q in quantizers:
+        q.enabled = False
+    try:
+        yield model
+    finally:
+        for q, enabled in zip(quantizers, saved):
+            q.enabled = enabled
 
 
 def quantize_model(model: nn.Module, recipe: Any, calib_data: Any, *,
@@ -50,7 +68,7 @@ def quantize_model(model: nn.Module, recipe: Any, calib_data: Any, *,
     convert: False keeps the fake-quant model. example_inputs: one batch for layer roles.
     progress: called with the count of batches (no algorithms) or blocks done; True shows a
     progress bar per block. blocks: the ``ModuleList`` holding the repeated blocks (found
-    automatically when None). sequential: feed each block the quantized outputs of the one
+    automatically when None; a model without any runs layer by layer) or ``"layers"``. sequential: feed each block the quantized outputs of the one
     before (False: the float outputs). act_dtype: keep captured block inputs in this dtype
     (e.g. torch.bfloat16) to save memory. seed: seeds torch before the algorithms run.
     Returns ``(model, records)``.
@@ -93,7 +111,9 @@ def quantize_model(model: nn.Module, recipe: Any, calib_data: Any, *,
 
     run_blocks(qmodel, calib_data, step, blocks=blocks, sequential=sequential,
                act_dtype=act_dtype, progress=bool(progress) if not callable(progress)
-               else progress, record=state.record)
+               else progress, record=state.record,
+               reference=(lambda: quantizers_off(qmodel))
+               if any(a.wants_reference for a in algos) else None)
     state.algorithms = [a.to_dict() for a in algos]
     for name, module in quant_modules(qmodel):
         record = state.record(name)

@@ -23,6 +23,8 @@ class Algorithm:
     """Base class; subclasses are frozen dataclasses with a class attribute ``name``."""
 
     name: ClassVar[str] = ""
+    #: True when the algorithm reads ``ctx.reference_inputs`` (the runner then keeps them).
+    wants_reference: ClassVar[bool] = False
 
     def apply_block(self, ctx) -> None:
         """Change the block ``ctx.module`` in place (its inputs are ``ctx.inputs``)."""
