@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import lowbit
-from lowbit.algorithms import _recon
+from lowbit.algorithms import _runner_recon as _recon
 from lowbit.algorithms.adaround import AdaRound, init_logits, rectified_sigmoid
 from lowbit.algorithms.adaquant import AdaQuant, round_ste
 from lowbit.config import LayerConfig, QuantSpec

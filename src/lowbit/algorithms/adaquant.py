@@ -9,7 +9,7 @@ rounding.  Here ``W' = W + s·V`` (``V`` in grid steps, starts at 0), the step i
 ``Q_{s'}(W') = s'·(clamp(round(W'/s') + z, qmin, qmax) − z)`` with the gradient of ``round``
 passed straight through (the step's gradient is then LSQ's).  ``bias=True`` also fits an
 additive bias correction.  The loss and the budget are
-:mod:`lowbit.algorithms._recon`'s.  At the end the weight becomes exactly ``Q_{s'}(W')`` and
+:mod:`lowbit.algorithms._runner_recon`'s.  At the end the weight becomes exactly ``Q_{s'}(W')`` and
 the weight quantizer holds ``(s', z)``; a fit no better than plain rounding is dropped.
 
 Records per layer: ``adaquant_output_mse`` next to ``adaquant_rtn_output_mse`` (the unit's
@@ -28,7 +28,7 @@ from ..errors import ConfigError
 from ..nn.qat import weight_matrix
 from ..primitives.affine import expand_param
 from ..types import QParams
-from ._recon import (check_budget, check_target, float_targets, grid, param_name,
+from ._runner_recon import (check_budget, check_target, float_targets, grid, param_name,
                      reconstruct, unit_mse, weight_layers)
 from .base import Algorithm, register_algorithm
 
@@ -85,7 +85,7 @@ class AdaQuant(Algorithm):
     bias_lr: learning rate of the bias correction. weights / scale / bias: which of them
     to fit (at least one). seed: picks the calibration call of each step.
     target: ``"float"`` (the float model's output of the unit) or ``"float_weights"``
-    (float weights on the quantized inputs; see :mod:`lowbit.algorithms._recon`).
+    (float weights on the quantized inputs; see :mod:`lowbit.algorithms._runner_recon`).
     progress: a tqdm bar per unit (on a terminal).
     """
 

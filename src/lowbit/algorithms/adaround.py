@@ -6,7 +6,7 @@ each weight is written ``w/s = ⌊w/s⌋ + r`` and quantized as
 ``ŵ = s·(clamp(⌊w/s⌋ + h(V) + z, qmin, qmax) − z)`` where ``h(V) = clamp(σ(V)·(ζ − γ) + γ, 0, 1)``
 is the rectified sigmoid (``ζ = 1.1``, ``γ = −0.1``; eq. 23) and ``V`` starts where
 ``h(V) = r`` (plain rounding's soft value).  ``V`` is fitted with Adam to minimize the unit's
-output MSE against its float output on quantized inputs (:mod:`lowbit.algorithms._recon`;
+output MSE against its float output on quantized inputs (:mod:`lowbit.algorithms._runner_recon`;
 units are layers or blocks, as the runner gives them) plus ``λ·mean(1 − |2h(V) − 1|^β)``
 (eq. 24), which pushes every ``h`` to 0 or 1 (the loss's MSE is divided by plain
 rounding's, so ``λ`` here is not the paper's 0.01: 10 lets every ``h`` settle within a few
@@ -32,7 +32,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..nn.qat import weight_matrix
-from ._recon import (check_budget, check_target, float_targets, grid, param_name,
+from ._runner_recon import (check_budget, check_target, float_targets, grid, param_name,
                      reconstruct, unit_mse, weight_layers)
 from .base import Algorithm, register_algorithm
 
@@ -87,7 +87,7 @@ class AdaRound(Algorithm):
     regularizer's weight ``λ``. beta: ``β`` at the start and end of the annealing. warmup:
     fraction of the budget without regularizer. seed: picks the calibration call of each
     step. target: ``"float"`` (the float model's output of the unit) or ``"float_weights"``
-    (float weights on the quantized inputs; see :mod:`lowbit.algorithms._recon`).
+    (float weights on the quantized inputs; see :mod:`lowbit.algorithms._runner_recon`).
     progress: a tqdm bar per unit (on a terminal).
     """
 
