@@ -193,3 +193,22 @@ def test_adaquant_config_errors_and_round_trip():
     assert lowbit.algorithms.make_algorithm(algo.to_dict()) == algo
     names = [a.name for a in lowbit.algorithms.parse_algorithms("adaround,adaquant")]
     assert names == ["adaround", "adaquant"]
+
+
+def test_adaquant_sign_descent_keeps_offsets_within_half_a_step():
+    model = two_layer()
+    plain, _ = run(model, None)
+    algo = AdaQuant(iters=100, optimizer="sign", lr=0.01, max_offset=0.5, scale=False,
+                    bias=False)
+    fitted, records = run(model, algo)
+    assert held_out_mse(model, fitted) < held_out_mse(model, plain)
+    for name in ("0", "2"):
+        w0 = model.get_submodule(name).weight.detach()
+        layer = fitted.get_submodule(name)
+        s = layer.weight_quantizer.qparams().scale.reshape(-1, 1)  # unchanged: scale=False
+        codes = (layer.weight.detach() / s).round()
+        assert bool(((codes - w0 / s).abs() <= 1.0 + 1e-4).all())  # round(w/s + V), |V| ≤ ½
+    with pytest.raises(ConfigError, match="AdaQuant.optimizer"):
+        AdaQuant(optimizer="sgd")
+    with pytest.raises(ConfigError, match="AdaQuant.max_offset"):
+        AdaQuant(max_offset=0)

@@ -12,7 +12,8 @@ describes its learnable weights by a function returning ``{parameter name inside
 tensor}``; :func:`reconstruct` runs the unit with those tensors in place of its parameters
 (``torch.func.functional_call``), one captured call per iteration (picked by a seeded
 generator), minimizing the mean squared error to the target (divided by plain rounding's, so
-that one learning rate fits every layer) plus an optional regularizer, with Adam.  It stops
+that one learning rate fits every layer) plus an optional regularizer, with Adam (or signed
+gradient descent).  It stops
 after ``iters`` iterations or ``seconds`` of wall time, whichever comes first.
 """
 
@@ -117,8 +118,22 @@ def float_targets(ctx, layers, target: str = "float") -> list[torch.Tensor]:
         return [t.float() for t in ctx.run()]
 
 
-def check_target(owner: str, target) -> None:
-    """Validate the ``target`` option of ``owner``."""
+OPTIMIZERS = ("adam", "sign")
+
+
+def _sign_step(groups: list[dict], decay: float) -> None:
+    with torch.no_grad():
+        for g in groups:
+            for p in g["params"]:
+                if p.grad is not None:
+                    p.sub_(torch.sign(p.grad), alpha=g["lr"] * decay)
+
+
+def check_target(owner: str, target, optimizer: str = "adam") -> None:
+    """Validate the ``target`` and ``optimizer`` options of ``owner``."""
+    if optimizer not in OPTIMIZERS:
+        raise ConfigError(f"{owner}.optimizer", optimizer, f"one of {list(OPTIMIZERS)}",
+                          fix=f"e.g. {owner}(optimizer='adam')")
     if target not in TARGETS:
         raise ConfigError(f"{owner}.target", target, f"one of {list(TARGETS)}",
                           fix=f"e.g. {owner}(target='float')")
@@ -143,14 +158,18 @@ def reconstruct(ctx, layers, targets: list[torch.Tensor],
                 weights: Callable[[], dict[str, torch.Tensor]], groups: list[dict], *,
                 iters: int, seconds: float | None, seed: int, rtn_mse: float,
                 regularizer: Callable[[float], torch.Tensor] | None = None,
+                optimizer: str = "adam", project: Callable[[], None] | None = None,
                 progress: bool = True, desc: str = "reconstruct") -> Fit:
-    """Adam on the parameter ``groups`` (``torch.optim`` groups) to minimize the unit's output
-    MSE to ``targets`` (divided by ``rtn_mse``) plus ``regularizer(t)``, where ``t`` in
-    [0, 1] is the fraction of the budget used; see the module doc."""
+    """Minimize the unit's output MSE to ``targets`` (divided by ``rtn_mse``) plus
+    ``regularizer(t)``, where ``t`` in [0, 1] is the fraction of the budget used, over the
+    parameter ``groups`` (``torch.optim`` groups with ``lr``); see the module doc.
+
+    optimizer: ``"adam"`` or ``"sign"`` (signed gradient descent, ``p −= lr·(1 − t)·sign(∂)``,
+    the optimizer AutoRound uses).  project: called after every step (e.g. to clamp)."""
     params = [p for g in groups for p in g["params"]]
     if not params or iters == 0 or not targets:
         return Fit(0, 0.0)
-    opt = torch.optim.Adam(groups)
+    opt = torch.optim.Adam(groups) if optimizer == "adam" else None
     gen = torch.Generator().manual_seed(int(seed))
     norm = 1.0 / max(rtn_mse, 1e-30)
     from tqdm import tqdm
@@ -170,9 +189,15 @@ def reconstruct(ctx, layers, targets: list[torch.Tensor],
                 loss = (out.float() - targets[i]).pow(2).mean() * norm
                 if regularizer is not None:
                     loss = loss + regularizer(t)
-                opt.zero_grad(set_to_none=True)
+                for p in params:
+                    p.grad = None
                 loss.backward()
-                opt.step()
+                if opt is not None:
+                    opt.step()
+                else:
+                    _sign_step(groups, 1.0 - t)
+                if project is not None:
+                    project()
                 done += 1
                 bar.update(1)
     finally:

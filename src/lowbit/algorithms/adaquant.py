@@ -7,7 +7,10 @@ solved per layer (or per block, as the runner gives units) by Adam with straight
 rounding.  Here ``W' = W + s·V`` (``V`` in grid steps, starts at 0), the step is
 ``s' = s·exp(u)`` (``u`` per scale entry, starts at 0, so ``s'`` stays positive), and
 ``Q_{s'}(W') = s'·(clamp(round(W'/s') + z, qmin, qmax) − z)`` with the gradient of ``round``
-passed straight through (the step's gradient is then LSQ's).  ``bias=True`` also fits an
+passed straight through (the step's gradient is then LSQ's).  ``optimizer="sign"`` with
+``max_offset=0.5`` is AutoRound's variant (Cheng et al., "Optimize Weight Rounding via
+Signed Gradient Descent for the Quantization of LLMs", 2023): rounding offsets within half
+a step and the step size, by signed gradient descent with a decaying step.  ``bias=True`` also fits an
 additive bias correction.  The loss and the budget are
 :mod:`lowbit.algorithms._runner_recon`'s.  At the end the weight becomes exactly ``Q_{s'}(W')`` and
 the weight quantizer holds ``(s', z)``; a fit no better than plain rounding is dropped.
@@ -83,7 +86,10 @@ class AdaQuant(Algorithm):
     iters: Adam steps per unit. seconds: wall-time budget per unit (None: no limit).
     lr: learning rate of ``V`` (grid steps). scale_lr: learning rate of ``u`` (log step).
     bias_lr: learning rate of the bias correction. weights / scale / bias: which of them
-    to fit (at least one). seed: picks the calibration call of each step.
+    to fit (at least one). optimizer: ``"adam"`` or ``"sign"`` (signed gradient descent with
+    a linearly decaying step, as AutoRound; give it ``lr`` ≈ 1/iters). max_offset: clamp
+    ``V`` to ±this many grid steps (0.5 with ``"sign"`` is AutoRound's rounding offset; None:
+    unbounded). seed: picks the calibration call of each step.
     target: ``"float"`` (the float model's output of the unit) or ``"float_weights"``
     (float weights on the quantized inputs; see :mod:`lowbit.algorithms._runner_recon`).
     progress: a tqdm bar per unit (on a terminal).
@@ -99,19 +105,37 @@ class AdaQuant(Algorithm):
     weights: bool = True
     scale: bool = True
     bias: bool = True
+    optimizer: str = "adam"
+    max_offset: float | None = None
     target: str = "float"
     seed: int = 0
     progress: bool = True
 
     def __post_init__(self):
         check_budget("AdaQuant", self.iters, self.seconds, self.lr)
-        check_target("AdaQuant", self.target)
+        check_target("AdaQuant", self.target, self.optimizer)
+        if self.max_offset is not None and (isinstance(self.max_offset, bool) or not isinstance(
+                self.max_offset, (int, float)) or not self.max_offset > 0):
+            raise ConfigError("AdaQuant.max_offset", self.max_offset, "None or a number of "
+                              "grid steps > 0", fix="e.g. AdaQuant(max_offset=0.5)")
         check_budget("AdaQuant", self.iters, self.seconds, self.scale_lr)
         check_budget("AdaQuant", self.iters, self.seconds, self.bias_lr)
         flags = (self.weights, self.scale, self.bias)
         if not all(isinstance(f, bool) for f in flags) or not any(flags):
             raise ConfigError("AdaQuant weights/scale/bias", flags, "booleans, at least one "
                               "True", fix="e.g. AdaQuant(weights=True, scale=True, bias=True)")
+
+    def _projection(self, fits: dict):
+        """Clamps every ``V`` to ±``max_offset`` after a step (None when unbounded)."""
+        if self.max_offset is None:
+            return None
+        bound = float(self.max_offset)
+
+        def project() -> None:
+            with torch.no_grad():
+                for f in fits.values():
+                    f.v.clamp_(-bound, bound)
+        return project
 
     def apply_block(self, ctx) -> None:
         layers = weight_layers(ctx)
@@ -137,6 +161,7 @@ class AdaQuant(Algorithm):
         rtn = unit_mse(ctx, targets, None, layers)
         fit = reconstruct(ctx, layers, targets, params, groups, iters=self.iters,
                           seconds=self.seconds, seed=self.seed + ctx.index, rtn_mse=rtn,
+                          optimizer=self.optimizer, project=self._projection(fits),
                           progress=self.progress, desc=f"adaquant {ctx.name}")
         with torch.no_grad():
             final = params()
