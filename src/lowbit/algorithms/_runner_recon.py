@@ -14,7 +14,9 @@ tensor}``; :func:`reconstruct` runs the unit with those tensors in place of its 
 generator), minimizing the mean squared error to the target (divided by plain rounding's, so
 that one learning rate fits every layer) plus an optional regularizer, with Adam (or signed
 gradient descent).  It stops
-after ``iters`` iterations or ``seconds`` of wall time, whichever comes first.
+after ``iters`` iterations or ``seconds`` of wall time, whichever comes first; same inputs
+and seed give the same bytes when ``iters`` is the limit (a wall-time limit depends on the
+machine and its load).
 """
 
 from __future__ import annotations
