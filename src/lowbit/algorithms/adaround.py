@@ -118,6 +118,10 @@ class AdaRound(Algorithm):
                 raise ConfigError(f"AdaRound.{field}", value, "a number >= 0 (warmup < 1)",
                                   fix="e.g. AdaRound(reg=0.01, warmup=0.2)")
 
+    def to_dict(self) -> dict:
+        """As :meth:`Algorithm.to_dict`, ``beta`` as a list (JSON's form)."""
+        return {**super().to_dict(), "beta": list(self.beta)}
+
     def regularizer(self, roundings: list[_Rounding]):
         """``t ↦ λ·mean(1 − |2h − 1|^β(t))`` over every weight (0 during the warmup)."""
         count = sum(r.logits.numel() for r in roundings)
