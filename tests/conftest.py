@@ -79,3 +79,13 @@ def trained_digits():
     model.eval()
     data = load_digits_split(seed=0)
     return model, data, accuracy(model, data.x_test, data.y_test)
+
+
+@pytest.fixture(scope="session")
+def trained_mobilenet_digits():
+    """The MobileNet-style digits CNN with the weights shipped in ``lowbit/zoo`` (written by
+    ``benchmarks/train_mobilenet_digits.py``) and its fixed data split; nothing is trained."""
+    pytest.importorskip("sklearn", reason="the digits examples need scikit-learn")
+    from lowbit.zoo.mobilenet_digits import load_mobilenet_digits, load_trained_mobilenet_digits
+
+    return load_trained_mobilenet_digits(), load_mobilenet_digits()
