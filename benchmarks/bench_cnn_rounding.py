@@ -2,7 +2,10 @@
 with plain rounding, AdaRound and AdaQuant, and the share of the plain-rounding gap each
 recovers.
 
-Model: ``--model digits`` is the small digits CNN whose trained weights the tests use
+Model: ``--model mobilenet`` (default) is the MobileNet-style digits CNN of
+``lowbit.zoo.mobilenet_digits`` (depthwise-separable convs with BatchNorm, left unfolded
+here, and ReLU6; its fixed calibration and test splits); ``--model digits`` is the small
+digits CNN whose trained weights the tests use
 (``tests/fixtures/digits_cnn_seed0.safetensors``, sklearn's digits, 8×8 images).
 Recipe: symmetric per-output-channel int``bits`` weights (min/max range) and int8 affine
 per-tensor calibrated activations on every Conv/Linear.  Calibration: ``--calib`` batches of
@@ -48,6 +51,18 @@ def digits_model():
             lambda m: accuracy(m, data.x_test, data.y_test))
 
 
+def mobilenet_model():
+    """``(model, calib batches builder, accuracy fn)`` for the MobileNet-style digits CNN
+    (weights shipped in ``lowbit.zoo``; its fixed calibration and test splits)."""
+    from lowbit.zoo.digits import accuracy
+    from lowbit.zoo.mobilenet_digits import load_mobilenet_digits, load_trained_mobilenet_digits
+
+    data = load_mobilenet_digits()
+    return (load_trained_mobilenet_digits(),
+            lambda n: list(data.x_calib[:32 * n].split(32)),
+            lambda m: accuracy(m, data.x_test, data.y_test))
+
+
 def recipe(bits: int):
     from lowbit.config import LayerConfig, QuantSpec
     from lowbit.presets import linear_conv_recipe
@@ -61,9 +76,9 @@ def recipe(bits: int):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="digits", choices=["digits"])
+    ap.add_argument("--model", default="mobilenet", choices=["mobilenet", "digits"])
     ap.add_argument("--bits", default="2,3")
-    ap.add_argument("--calib", type=int, default=8)
+    ap.add_argument("--calib", type=int, default=8, help="batches of 32 images")
     ap.add_argument("--algos", default=ALGOS)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(RESULTS / "cnn_rounding"))
@@ -71,7 +86,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     import lowbit
 
-    model, calib_of, acc = digits_model()
+    model, calib_of, acc = (mobilenet_model if args.model == "mobilenet" else digits_model)()
     calib = calib_of(args.calib)
     float_acc = acc(model)
     rows = []
