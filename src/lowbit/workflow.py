@@ -7,13 +7,18 @@ first (weights from themselves; static activation ranges from one pass of the ca
 data through the float-weight model), then the shared block runner walks the model's
 repeated blocks (or, in a model without any, its Linear/Conv layers one by one) and applies
 every algorithm to each unit in order, feeding each unit the outputs of the units already
-quantized; the float model (every quantizer off) is the runner's reference.  The algorithms' configs are kept with the model
+quantized; the float model (every quantizer off) is the runner's reference.  Each algorithm
+has a ``stage`` (:data:`lowbit.algorithms.base.STAGES`): ``"float"`` ones (``bn_fold``, ``cle``) rewrite a copy
+of the float model before it is prepared, ``"block"`` ones run on the block runner, and
+``"quantized"`` ones (``bias_correction``, ``bn_reestimate``, ``bn_affine``) run on the whole
+calibrated fake-quant model afterwards; within a stage the given order is kept.  What each
+step did goes into the layer records.  The algorithms' configs are kept with the model
 (``lowbit_state(model).algorithms``) and saved in the checkpoint manifest.
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import logging
 from typing import Any, Callable
 
@@ -21,31 +26,17 @@ import torch
 from torch import nn
 
 from .algorithms import parse_algorithms, run_blocks
+from .algorithms._runner_layers import fake_quant_off
+from .algorithms.base import STAGES
 from .config import resolve_fq_impl
 from .errors import ConfigError
 from .model.api import quantize_model as _plain_quantize_model
 from .model.batches import check_calib_data, check_max_batches, is_forward_loop, peek, run_batches
 from .model.convert import convert as convert_model
 from .model.prepare import calibrate, lowbit_state, prepare, quant_modules
-from .nn.quantizer import TensorQuantizer
 from .records import LayerRecord
 
 logger = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def quantizers_off(model: nn.Module):
-    """Context manager: every quantizer of ``model`` passes its input through (the float
-    model, as the layer-wise algorithms' reference); their states are restored on exit."""
-    quantizers = [m for m in model.modules() if isinstance(m, TensorQuantizer)]
-    saved = [q.enabled for q in quantizers]
-    for q in quantizers:
-        q.enabled = False
-    try:
-        yield model
-    finally:
-        for q, enabled in zip(quantizers, saved):
-            q.enabled = enabled
 
 
 def quantize_model(model: nn.Module, recipe: Any, calib_data: Any, *,
@@ -94,8 +85,16 @@ def quantize_model(model: nn.Module, recipe: Any, calib_data: Any, *,
         calib_data = list(calib_data)
     if max_batches is not None:
         calib_data = calib_data[:max_batches]
+    staged = {stage: [a for a in algos if a.stage == stage] for stage in STAGES}
+    notes: dict[str, dict] = {}
+    if staged["float"]:
+        model = copy.deepcopy(model)  # the caller's model is left untouched
+        for algo in staged["float"]:
+            for name, metrics in algo.apply_float(model, calib_data).items():
+                notes.setdefault(name, {}).update(metrics)
     qmodel = prepare(model, recipe, example_inputs=first if example_inputs is None
                      else example_inputs, fq_impl=fq_impl)
+    _write_notes(lowbit_state(qmodel), qmodel, notes)
     needs_data = any(m.act_quantizer is not None and not m.act_quantizer.ready
                      for _, m in quant_modules(qmodel))
     with calibrate(qmodel):  # weights are observed directly; activations only if they need data
@@ -106,20 +105,39 @@ def quantize_model(model: nn.Module, recipe: Any, calib_data: Any, *,
     logger.info("running %s block by block", ", ".join(a.name for a in algos))
 
     def step(ctx) -> None:
-        for algo in algos:
+        for algo in staged["block"]:
             algo.apply_block(ctx)
 
-    run_blocks(qmodel, calib_data, step, blocks=blocks, sequential=sequential,
-               act_dtype=act_dtype, progress=bool(progress) if not callable(progress)
-               else progress, record=state.record,
-               reference=(lambda: quantizers_off(qmodel))
-               if any(a.wants_reference for a in algos) else None)
-    state.algorithms = [a.to_dict() for a in algos]
+    if staged["block"]:
+        run_blocks(qmodel, calib_data, step, blocks=blocks, sequential=sequential,
+                   act_dtype=act_dtype, progress=bool(progress) if not callable(progress)
+                   else progress, record=state.record,
+                   reference=(lambda: fake_quant_off(qmodel))
+                   if any(a.wants_reference for a in staged["block"]) else None)
+    for algo in staged["quantized"]:
+        algo.apply_quantized(qmodel, calib_data, state.record)
+    applied = [a for stage in STAGES for a in staged[stage]]
+    state.algorithms = [a.to_dict() for a in applied]
     for name, module in quant_modules(qmodel):
         record = state.record(name)
-        if record is not None and any(k.startswith(tuple(a.name for a in algos))
-                                      for k in record.metrics):
-            record.reason += f"; weights by {'+'.join(a.name for a in algos)}"
+        steps = [a.name for a in applied if record is not None
+                 and any(k.startswith(a.name) for k in record.metrics)]
+        if steps:
+            record.reason += f"; weights by {'+'.join(steps)}"
     if convert:
         qmodel = convert_model(qmodel, inplace=True)
     return qmodel, state.records
+
+
+def _write_notes(state, qmodel: nn.Module, notes: dict[str, dict]) -> None:
+    """Put what the float-stage algorithms did into the layer records; a module without a
+    record (a BatchNorm kept float, say) gets a ``float`` record saying so."""
+    for name, metrics in notes.items():
+        record = state.record(name)
+        if record is None:
+            module = qmodel.get_submodule(name)
+            record = LayerRecord(name, type(module).__name__, "float",
+                                 "not quantized by the recipe; " + "; ".join(
+                                     f"{k}: {v}" for k, v in metrics.items()))
+            state.records.append(record)
+        record.metrics.update(metrics)

@@ -212,3 +212,19 @@ def test_adaquant_sign_descent_keeps_offsets_within_half_a_step():
         AdaQuant(optimizer="sgd")
     with pytest.raises(ConfigError, match="AdaQuant.max_offset"):
         AdaQuant(max_offset=0)
+
+
+@pytest.mark.slow
+def test_mobilenet_digits_per_channel_w4a8_adaround_recovers_most_of_the_gap(
+        trained_mobilenet_digits):
+    from lowbit.types import int4
+    from lowbit.zoo.digits import accuracy
+
+    model, data = trained_mobilenet_digits
+    recipe = linear_conv_recipe("w4a8", LayerConfig(W3.replace(qtype=int4), A8))
+    calib = list(data.x_calib[:256].split(32))
+    acc = [accuracy(lowbit.quantize_model(model, recipe, calib, algorithms=algos,
+                                          blocks="layers")[0], data.x_test, data.y_test)
+           for algos in (None, [AdaRound(iters=100, progress=False)])]
+    float_acc = accuracy(model, data.x_test, data.y_test)
+    assert acc[1] - acc[0] > 0.5 * (float_acc - acc[0]) > 0

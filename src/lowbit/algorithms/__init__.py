@@ -9,5 +9,9 @@ from .base import ALGORITHMS, Algorithm, make_algorithm, parse_algorithms, regis
 from .gptq import GPTQ, gptq_quantize
 from .awq import AWQ
 from .smoothquant import SmoothQuant
+from .bn_fold import BNFold, fold_batchnorm
+from .cle import CLE, equalize
+from .bias_correction import BiasCorrection
+from .bn_reconstruct import BNAffine, BNReestimate, reestimate_batchnorm
 from .adaround import AdaRound
 from .adaquant import AdaQuant

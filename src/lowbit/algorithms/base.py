@@ -1,8 +1,17 @@
 """What every layer-wise algorithm is: a configured object that changes one block.
 
-An algorithm is a frozen dataclass with a registered ``name``; ``apply_block(ctx)`` gets a
-:class:`~lowbit.algorithms._runner.BlockContext` and may run the block over its inputs (with
-hooks) and change the weights and weight qparams of the lowbit layers inside it.  Configs
+An algorithm is a frozen dataclass with a registered ``name`` and a ``stage`` saying when it
+runs in :func:`lowbit.quantize_model`:
+
+* ``"float"`` — on the float model before it is prepared: ``apply_float(model, calib_data)``
+  rewrites the model (BatchNorm folding, cross-layer equalisation) and returns, per layer
+  name, the metrics to write into that layer's record;
+* ``"block"`` (the default) — after calibration, block by block: ``apply_block(ctx)`` gets a
+  :class:`~lowbit.algorithms._runner.BlockContext` and may run the block over its inputs (with
+  hooks) and change the weights and weight qparams of the lowbit layers inside it;
+* ``"quantized"`` — after calibration and the block algorithms, on the whole fake-quant
+  model: ``apply_quantized(qmodel, calib_data, record)`` (bias correction, BatchNorm
+  re-estimation, the affine patch), ``record(name)`` giving a layer's LayerRecord or None.  Configs
 are data: ``to_dict``/``from_dict`` round-trip, and :func:`make_algorithm` builds one from a
 name, a dict or an instance.  New algorithms add a registry entry with
 :func:`register_algorithm`; nothing dispatches on names elsewhere.
@@ -15,6 +24,8 @@ from typing import Any, ClassVar, Mapping
 
 from ..errors import ConfigError
 
+#: when an algorithm runs, in this order (see the module doc)
+STAGES = ("float", "block", "quantized")
 #: name -> algorithm class (filled by :func:`register_algorithm`).
 ALGORITHMS: dict[str, type["Algorithm"]] = {}
 
@@ -23,11 +34,21 @@ class Algorithm:
     """Base class; subclasses are frozen dataclasses with a class attribute ``name``."""
 
     name: ClassVar[str] = ""
+    #: when it runs: one of :data:`STAGES`
+    stage: ClassVar[str] = "block"
     #: True when the algorithm reads ``ctx.reference_inputs`` (the runner then keeps them).
     wants_reference: ClassVar[bool] = False
 
     def apply_block(self, ctx) -> None:
         """Change the block ``ctx.module`` in place (its inputs are ``ctx.inputs``)."""
+        raise NotImplementedError
+
+    def apply_float(self, model, calib_data) -> dict[str, dict]:
+        """Rewrite the float ``model`` in place; ``{layer name: metrics}`` for its records."""
+        raise NotImplementedError
+
+    def apply_quantized(self, qmodel, calib_data, record) -> None:
+        """Change the calibrated fake-quant ``qmodel`` in place, writing into ``record(name)``."""
         raise NotImplementedError
 
     def to_dict(self) -> dict:
@@ -48,6 +69,7 @@ class Algorithm:
 def register_algorithm(cls: type[Algorithm]) -> type[Algorithm]:
     """Class decorator: make ``cls`` available under ``cls.name``."""
     assert cls.name and dataclasses.is_dataclass(cls), "an algorithm is a named dataclass"
+    assert cls.stage in STAGES, f"algorithm stage {cls.stage!r} not in {STAGES}"
     existing = ALGORITHMS.get(cls.name)
     assert existing is None or existing.__qualname__ == cls.__qualname__, \
         f"algorithm name {cls.name!r} is already taken"
