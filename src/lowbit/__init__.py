@@ -34,8 +34,8 @@ from .recipe import AnyModule, ByName, ByRole, ByType, Recipe, Rule, load_recipe
 from .records import LayerRecord
 from .report import Analysis, ComparisonResult, analyze, compare, write_report
 from .workflow import quantize_model
-from .algorithms import (ALGORITHMS, AWQ, CLE, GPTQ, BiasCorrection, BNAffine, BNFold,
-                         BNReestimate, SmoothQuant)
+from .algorithms import (ALGORITHMS, AWQ, CLE, GPTQ, AdaQuant, AdaRound, BiasCorrection,
+                         BNAffine, BNFold, BNReestimate, SmoothQuant)
 from .types import (Granularity, PerChannel, PerGroup, PerTensor, PerToken, QParams, QType,
                     Scheme, int2, int3, int4, int5, int6, int7, int8, int9, int10, int11, int12,
                     int13, int14, int15, int16, qtype_from_name, uint2, uint3, uint4, uint5, uint6,

@@ -5,9 +5,10 @@ Without algorithms this is :func:`lowbit.model.api.quantize_model`.  With algori
 ``GPTQ(damp=0.01, act_order=True)`` or their dicts) the prepared model's ranges are set
 first (weights from themselves; static activation ranges from one pass of the calibration
 data through the float-weight model), then the shared block runner walks the model's
-repeated blocks and applies every algorithm to each block in order, feeding each block the
-outputs of the blocks already quantized.  Each algorithm has a ``stage``
-(:data:`lowbit.algorithms.base.STAGES`): ``"float"`` ones (``bn_fold``, ``cle``) rewrite a copy
+repeated blocks (or, in a model without any, its Linear/Conv layers one by one) and applies
+every algorithm to each unit in order, feeding each unit the outputs of the units already
+quantized; the float model (every quantizer off) is the runner's reference.  Each algorithm
+has a ``stage`` (:data:`lowbit.algorithms.base.STAGES`): ``"float"`` ones (``bn_fold``, ``cle``) rewrite a copy
 of the float model before it is prepared, ``"block"`` ones run on the block runner, and
 ``"quantized"`` ones (``bias_correction``, ``bn_reestimate``, ``bn_affine``) run on the whole
 calibrated fake-quant model afterwards; within a stage the given order is kept.  What each
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from .algorithms import parse_algorithms, run_blocks
+from .algorithms._runner_layers import fake_quant_off
 from .algorithms.base import STAGES
 from .config import resolve_fq_impl
 from .errors import ConfigError
@@ -57,7 +59,7 @@ def quantize_model(model: nn.Module, recipe: Any, calib_data: Any, *,
     convert: False keeps the fake-quant model. example_inputs: one batch for layer roles.
     progress: called with the count of batches (no algorithms) or blocks done; True shows a
     progress bar per block. blocks: the ``ModuleList`` holding the repeated blocks (found
-    automatically when None). sequential: feed each block the quantized outputs of the one
+    automatically when None; a model without any runs layer by layer) or ``"layers"``. sequential: feed each block the quantized outputs of the one
     before (False: the float outputs). act_dtype: keep captured block inputs in this dtype
     (e.g. torch.bfloat16) to save memory. seed: seeds torch before the algorithms run.
     Returns ``(model, records)``.  Under ``torch.distributed`` (more than one rank)
@@ -115,7 +117,9 @@ def quantize_model(model: nn.Module, recipe: Any, calib_data: Any, *,
     if staged["block"]:
         run_blocks(qmodel, calib_data, step, blocks=blocks, sequential=sequential,
                    act_dtype=act_dtype, progress=bool(progress) if not callable(progress)
-                   else progress, record=state.record)
+                   else progress, record=state.record,
+                   reference=(lambda: fake_quant_off(qmodel))
+                   if any(a.wants_reference for a in staged["block"]) else None)
     for algo in staged["quantized"]:
         algo.apply_quantized(qmodel, calib_data, state.record, reference)
     applied = [a for stage in STAGES for a in staged[stage]]

@@ -100,3 +100,68 @@ def test_progress_callable_counts_blocks():
     counts = []
     run_blocks(Toy(), batches(1), lambda ctx: None, progress=counts.append)
     assert counts == [1, 2, 3]
+
+
+class _Cnn(nn.Module):
+    """No repeated blocks; the head is defined before the convs but called last."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.head = nn.Linear(4 * 16, 3)
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv2(torch.relu(self.conv1(x)))).flatten(1))
+
+
+def test_a_model_without_blocks_runs_layer_by_layer_in_call_order():
+    model, data = _Cnn(), [torch.randn(2, 1, 4, 4) for _ in range(2)]
+    seen = []
+
+    def step(ctx):
+        seen.append((ctx.name, [n for n, _ in ctx.layers((nn.Conv2d, nn.Linear))],
+                     len(ctx.inputs)))
+    assert run_blocks(model, data, step) == 3
+    assert seen == [("conv1", [""], 2), ("conv2", [""], 2), ("head", [""], 2)]
+    from lowbit.algorithms import find_layers
+    assert [n for n, _ in find_layers(model, data)] == ["conv1", "conv2", "head"]
+
+
+@pytest.mark.parametrize("sequential", [True, False])
+def test_layer_mode_inputs_see_earlier_steps_only_when_sequential(sequential):
+    model, data = _Cnn(), [torch.randn(2, 1, 4, 4) for _ in range(2)]
+    with torch.no_grad():
+        float_in = torch.relu(model.conv1(data[0]))
+    got, refs, names = {}, {}, []
+
+    def step(ctx):
+        got[ctx.name] = ctx.inputs.hidden(0).clone()
+        refs[ctx.name] = ctx.reference_inputs.hidden(0).clone()
+        names.append(ctx.record(""))
+        with torch.no_grad():
+            ctx.module.weight.zero_()
+            ctx.module.bias.zero_()
+
+    import contextlib
+    run_blocks(model, data, step, blocks="layers", sequential=sequential,
+               reference=contextlib.nullcontext, record=lambda n: n)
+    assert names == ["conv1", "conv2", "head"]
+    assert torch.equal(refs["conv2"], float_in)  # the model before any step
+    assert torch.equal(got["conv2"], torch.zeros_like(float_in) if sequential else float_in)
+
+
+def test_block_mode_reference_inputs_are_the_unchanged_models():
+    model, data = Toy(), batches()
+    expected = _float_block_inputs(model, data)
+    refs = {}
+
+    def step(ctx):
+        refs[ctx.index] = ctx.reference_inputs.hidden(0).clone()
+        _zero_up(ctx)
+
+    import contextlib
+    run_blocks(model, data, step, reference=contextlib.nullcontext)
+    for i in range(3):
+        assert torch.equal(refs[i], expected[i][0][0])

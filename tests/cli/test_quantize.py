@@ -265,6 +265,18 @@ def test_algo_gptq_runs_block_by_block_and_is_recorded(capsys, tmp_path, cli_env
     assert manifest["algorithms"][0]["name"] == "gptq"
 
 
+def test_algo_adaround_by_blocks_and_adaquant_layer_by_layer_are_recorded(capsys, tmp_path,
+                                                                         cli_env):
+    summary, records, _ = quantize(capsys, tmp_path / "r", "--recipe", "w8a16", "--algo",
+                                   "adaround", model="fixtures_models:tiny_blocks")
+    assert summary["algorithms"] == [lowbit.AdaRound().to_dict()]
+    assert records["blocks.0.0"]["metrics"]["adaround_unit"] == "block"
+    assert "adaround_iters" not in records["head"]["metrics"]
+    _, records, _ = quantize(capsys, tmp_path / "q", "--recipe", "w8a16", "--algo", "adaquant",
+                             model="fixtures_models:tiny_mlp")  # no repeated blocks
+    assert {r["metrics"]["adaquant_unit"] for r in records.values()} == {"layer"}
+
+
 def test_algo_unknown_name_is_a_flag_error(capsys, tmp_path, cli_env):
     code, _, err = run_cli(capsys, "quantize", "--model", "fixtures_models:tiny_blocks",
                            "--out_dir", str(tmp_path), "--algo", "gptq,nope")

@@ -171,6 +171,8 @@ CASES = {
     "CLE": (lambda bad: lowbit.CLE(iterations=bad), NOT_A_NUMBER),
     "BiasCorrection": (lambda bad: lowbit.BiasCorrection(mode=bad), NAME_ARG),
     "BNAffine": (lambda bad: lowbit.BNAffine(a_min=bad), NOT_A_NUMBER),
+    "AdaRound": (lambda bad: lowbit.AdaRound(lr=bad), NOT_A_NUMBER),
+    "AdaQuant": (lambda bad: lowbit.AdaQuant(iters=bad), NOT_A_NUMBER),
     "shard_batches": (lambda bad: lowbit.shard_batches(bad), ["none", "int", "str"]),
     # modules: the fake-quant twins are made from float modules, the converted ones by specs
     "QuantLinear.from_float": (lambda bad: lowbit.QuantLinear.from_float(bad, CONFIG),

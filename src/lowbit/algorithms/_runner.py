@@ -20,6 +20,19 @@ the algorithms combine their statistics across ranks (:mod:`lowbit.distributed.l
 
 Memory: the captured arguments of every batch for one block boundary, plus one block's
 state; the hidden states may be kept in a smaller dtype (``act_dtype``, e.g. bfloat16).
+``reference`` (optional) is a callable returning a context manager under which the model
+computes its *reference* (e.g. float) outputs; the runner then also keeps each unit's inputs
+in the reference model (``ctx.reference_inputs``: in block mode propagated through every
+block *before* ``step`` changes it, in layer mode captured from the model before any step),
+so that an algorithm can fit a unit's quantized output to the float model's.
+
+A model without repeated blocks (a CNN) is processed **layer by layer** instead
+(``blocks="layers"``, or automatically when :func:`find_blocks` finds no blocks): the units are
+the model's Linear/Conv layers (``layer_kinds``) in the order the model first calls them, and
+each layer's inputs are captured from the whole model, with every layer before it already
+changed by ``step`` (``sequential=True``) or from the model as it was before any step
+(``sequential=False``).  A layer called several times per forward is seen at its first call.
+
 The runner knows nothing of any algorithm.
 """
 
@@ -37,6 +50,12 @@ from ..errors import ConfigError, StateError
 from ..model.batches import call_batch, check_calib_data, is_forward_loop
 
 logger = logging.getLogger(__name__)
+
+#: ``blocks=`` value that asks for the layer-wise mode.
+LAYERS = "layers"
+
+#: The layer types the layer-wise mode visits (lowbit's QAT modules subclass them).
+LAYER_KINDS: tuple[type, ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 #: Keyword arguments that carry a key/value cache: replaced by None while blocks are replayed.
 CACHE_KWARGS = ("past_key_values", "past_key_value", "layer_past")
@@ -213,6 +232,16 @@ class BlockContext:
     index: int
     count: int
     record: Callable[[str], Any] = lambda _name: None
+    reference_inputs: BlockInputs | None = None
+    reference: Callable[[], Any] | None = None
+
+    def run_reference(self) -> list[torch.Tensor] | None:
+        """The unit's outputs in the reference model (under ``reference()``, on
+        ``reference_inputs``), or None when the runner was given no reference."""
+        if self.reference is None or self.reference_inputs is None:
+            return None
+        with self.reference():
+            return run_block(self.module, self.reference_inputs)
 
     def run(self) -> list[torch.Tensor]:
         """Run the block (no grad) over every captured call; the hidden outputs, in order."""
@@ -220,9 +249,10 @@ class BlockContext:
 
     def layers(self, kind: type | tuple[type, ...] = nn.Module
                ) -> Iterator[tuple[str, nn.Module]]:
-        """``(name inside the block, module)`` of the block's submodules of ``kind``."""
+        """``(name inside the block, module)`` of the block's submodules of ``kind``; a unit
+        that is itself of ``kind`` (layer-wise mode) is yielded under the name ``""``."""
         for name, module in self.module.named_modules():
-            if name and isinstance(module, kind):
+            if (name or kind is not nn.Module) and isinstance(module, kind):
                 yield name, module
 
 
@@ -248,18 +278,33 @@ def run_blocks(model: nn.Module, calib_data: Any, step: Callable[[BlockContext],
                blocks: str | None = None, sequential: bool = True,
                max_batches: int | None = None, act_dtype: torch.dtype | None = None,
                progress: bool | Callable[[int], None] = False,
-               record: Callable[[str], Any] | None = None) -> int:
+               record: Callable[[str], Any] | None = None,
+               layer_kinds: tuple[type, ...] = LAYER_KINDS,
+               reference: Callable[[], Any] | None = None) -> int:
     """Call ``step`` on each block of ``model`` with the inputs the model gives that block.
+
+    blocks: the ModuleList of blocks (None: found, or layer-wise when the model has none);
+    ``"layers"`` runs layer by layer over the modules of ``layer_kinds`` (module doc).
 
     sequential: True feeds each block the outputs of the blocks already changed by
     ``step``; False feeds the float outputs.  progress: True shows a tqdm bar per block
     (on stderr; rank 0 only under torch.distributed), a callable is called with the count
     of blocks done, False logs only.
     record: maps a qualified layer name to its LayerRecord (passed on in the context).
+    reference: a callable returning a context manager for the reference model (module doc).
     Returns the number of blocks processed.
     """
+    if blocks == LAYERS or (blocks is None and not _has_blocks(model)):
+        return _run_layers(model, calib_data, step, sequential=sequential,
+                           max_batches=max_batches, act_dtype=act_dtype, progress=progress,
+                           record=record, kinds=layer_kinds, reference=reference)
     found = find_blocks(model, blocks)
     inputs = capture_block_inputs(model, found[0][1], calib_data, max_batches, act_dtype)
+    ref_inputs = None
+    if reference is not None:
+        with reference():
+            ref_inputs = capture_block_inputs(model, found[0][1], calib_data, max_batches,
+                                              act_dtype)
     bar = None
     if progress is True and is_main():  # one bar, on rank 0 under torch.distributed
         from tqdm import tqdm
@@ -268,14 +313,91 @@ def run_blocks(model: nn.Module, calib_data: Any, step: Callable[[BlockContext],
     try:
         for index, (name, block) in enumerate(found):
             float_outs = None if sequential else run_block(block, inputs)
-            prefix = f"{name}."
-            ctx = BlockContext(name, block, inputs, index, len(found),
-                               (lambda n, p=prefix: record(p + n)) if record else
-                               (lambda _n: None))
+            ctx = BlockContext(name, block, inputs, index, len(found), _recorder(record, name),
+                               ref_inputs, reference)
+            ref_outs = ctx.run_reference()  # before step changes the block
             step(ctx)
             outs = run_block(block, inputs) if sequential else float_outs
             inputs = inputs.with_hidden(outs)
+            if ref_outs is not None:
+                ref_inputs = ref_inputs.with_hidden(ref_outs)
             logger.info("block %d/%d (%s) done", index + 1, len(found), name)
+            if bar is not None:
+                bar.update(1)
+            elif callable(progress):
+                progress(index + 1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return len(found)
+
+
+def _recorder(record: Callable[[str], Any] | None, unit: str) -> Callable[[str], Any]:
+    """Maps a name inside ``unit`` (``""``: the unit itself) to its record."""
+    if record is None:
+        return lambda _n: None
+    return lambda n: record(f"{unit}.{n}" if n else unit)
+
+
+def _has_blocks(model: nn.Module) -> bool:
+    try:
+        find_blocks(model)
+    except ConfigError:
+        return False
+    return True
+
+
+def find_layers(model: nn.Module, calib_data: Any, kinds: tuple[type, ...] = LAYER_KINDS
+                ) -> list[tuple[str, nn.Module]]:
+    """``(qualified name, module)`` of the modules of ``kinds`` in the order the model first
+    calls them on the first calibration batch (modules it never calls are left out)."""
+    check_calib_data(calib_data)
+    named = [(n, m) for n, m in model.named_modules() if n and isinstance(m, kinds)]
+    order: list[int] = []
+    hooks = [m.register_forward_pre_hook(lambda _m, _a, i=i: order.append(i) if i not in order
+                                         else None) for i, (_, m) in enumerate(named)]
+    try:
+        with torch.no_grad():
+            for batch in calib_data:
+                call_batch(model, batch)
+                break
+    finally:
+        for h in hooks:
+            h.remove()
+    if not order:
+        raise ConfigError("model", type(model).__name__, "a model whose forward calls at least "
+                          f"one of {[k.__name__ for k in kinds]}",
+                          fix="quantize without a layer-wise algorithm")
+    return [named[i] for i in order]
+
+
+def _run_layers(model: nn.Module, calib_data: Any, step: Callable[[BlockContext], None], *,
+                sequential: bool, max_batches: int | None, act_dtype: torch.dtype | None,
+                progress: bool | Callable[[int], None],
+                record: Callable[[str], Any] | None, kinds: tuple[type, ...],
+                reference: Callable[[], Any] | None) -> int:
+    """The layer-wise mode of :func:`run_blocks` (see the module doc)."""
+    found = find_layers(model, calib_data, kinds)
+
+    def capture(layer: nn.Module) -> BlockInputs:
+        return capture_block_inputs(model, layer, calib_data, max_batches, act_dtype)
+
+    before = None if sequential else [capture(m) for _, m in found]
+    refs = [None] * len(found)
+    if reference is not None:
+        with reference():
+            refs = [capture(m) for _, m in found]
+    bar = None
+    if progress is True:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(found), desc="layers", unit="layer", leave=False)
+    try:
+        for index, (name, layer) in enumerate(found):
+            inputs = capture(layer) if sequential else before[index]
+            step(BlockContext(name, layer, inputs, index, len(found), _recorder(record, name),
+                              refs[index], reference))
+            logger.info("layer %d/%d (%s) done", index + 1, len(found), name)
             if bar is not None:
                 bar.update(1)
             elif callable(progress):

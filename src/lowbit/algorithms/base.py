@@ -41,6 +41,8 @@ class Algorithm:
     stage: ClassVar[str] = "block"
     #: a "quantized"-stage algorithm that compares against the float model sets this
     wants_float_copy: ClassVar[bool] = False
+    #: True when the algorithm reads ``ctx.reference_inputs`` (the runner then keeps them).
+    wants_reference: ClassVar[bool] = False
 
     def apply_block(self, ctx) -> None:
         """Change the block ``ctx.module`` in place (its inputs are ``ctx.inputs``)."""
