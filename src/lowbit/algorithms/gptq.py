@@ -206,8 +206,8 @@ class GPTQ(Algorithm):
     """GPTQ for every lowbit ``QuantLinear`` of a block (weights only; see the module doc).
 
     damp: fraction of the mean Hessian diagonal added to it. block_size: columns per lazy
-    update. act_order: visit columns by decreasing Hessian diagonal (static group qparams).
-    static_groups: choose group qparams from the original weight. hessian_dtype: "float32"
+    update. act_order (on by default): visit columns by decreasing Hessian diagonal (static
+    group qparams). static_groups: choose group qparams from the original weight. hessian_dtype: "float32"
     or "float64". max_retries: how often a failed Cholesky raises the damping.
     Each layer's record gets ``gptq_output_mse`` next to ``rtn_output_mse`` (plain rounding
     with the calibrated qparams, same inputs), the damping used and the retries.
@@ -216,7 +216,7 @@ class GPTQ(Algorithm):
     name = "gptq"
     damp: float = 0.01
     block_size: int = 128
-    act_order: bool = False
+    act_order: bool = True
     static_groups: bool = False
     hessian_dtype: str = "float32"
     max_retries: int = 6
