@@ -2,11 +2,13 @@
 
 Without algorithms this is :func:`lowbit.model.api.quantize_model`.  With algorithms
 (``["gptq"]``, ``["smoothquant", "gptq"]``, configured objects such as
-``GPTQ(damp=0.01, act_order=True)`` or their dicts) the prepared model's ranges are set
-first (weights from themselves; static activation ranges from one pass of the calibration
-data through the float-weight model), then the shared block runner walks the model's
-repeated blocks and applies every algorithm to each block in order, feeding each block the
-outputs of the blocks already quantized.  The algorithms' configs are kept with the model
+``GPTQ(damp=0.01, act_order=True)`` or their dicts) the weights' ranges are set from
+themselves, then the shared block runner walks the model's repeated blocks, feeding each
+block the outputs of the blocks already quantized: static activation ranges of a block's
+layers are observed on those inputs (one pass over the block, its own weights still float)
+and frozen, then every algorithm is applied to the block in order.  Static activation ranges
+of layers outside the blocks (an embedding, an LM head) are observed afterwards, in one pass
+of the calibration data through the quantized model, only when such layers need them.  The algorithms' configs are kept with the model
 (``lowbit_state(model).algorithms``) and saved in the checkpoint manifest.
 """
 
@@ -24,7 +26,9 @@ from .errors import ConfigError
 from .model.api import quantize_model as _plain_quantize_model
 from .model.batches import check_calib_data, check_max_batches, is_forward_loop, peek, run_batches
 from .model.convert import convert as convert_model
-from .model.prepare import calibrate, lowbit_state, prepare, quant_modules
+from .model.prepare import (calibrate, end_calibration, lowbit_state, prepare, quant_modules,
+                            start_calibration)
+from .nn.qat import QuantModuleMixin
 from .records import LayerRecord
 
 logger = logging.getLogger(__name__)
@@ -78,22 +82,33 @@ def quantize_model(model: nn.Module, recipe: Any, calib_data: Any, *,
         calib_data = calib_data[:max_batches]
     qmodel = prepare(model, recipe, example_inputs=first if example_inputs is None
                      else example_inputs, fq_impl=fq_impl)
-    needs_data = any(m.act_quantizer is not None and not m.act_quantizer.ready
-                     for _, m in quant_modules(qmodel))
-    with calibrate(qmodel):  # weights are observed directly; activations only if they need data
-        if needs_data:
-            run_batches(qmodel, calib_data)
+    needing = {name for name, m in quant_modules(qmodel)
+               if m.act_quantizer is not None and not m.act_quantizer.ready}
+    if needing:
+        start_calibration(qmodel)  # observers on: block ranges come from the runner's inputs
+    else:
+        with calibrate(qmodel):  # weights are observed directly
+            pass
     state = lowbit_state(qmodel)
     torch.manual_seed(seed)
     logger.info("running %s block by block", ", ".join(a.name for a in algos))
+    in_blocks: set[str] = set()
 
     def step(ctx) -> None:
+        if needing:
+            in_blocks.update(f"{ctx.name}.{n}" for n, _ in ctx.layers(QuantModuleMixin))
+            calibrate_block(ctx)
         for algo in algos:
             algo.apply_block(ctx)
 
     run_blocks(qmodel, calib_data, step, blocks=blocks, sequential=sequential,
                act_dtype=act_dtype, progress=bool(progress) if not callable(progress)
                else progress, record=state.record)
+    if needing:
+        if needing - in_blocks:  # layers outside the blocks: one pass through the result
+            with torch.no_grad():
+                run_batches(qmodel, calib_data)
+        end_calibration(qmodel)  # freezes what is left; block layers keep their ranges
     state.algorithms = [a.to_dict() for a in algos]
     for name, module in quant_modules(qmodel):
         record = state.record(name)
@@ -103,3 +118,12 @@ def quantize_model(model: nn.Module, recipe: Any, calib_data: Any, *,
     if convert:
         qmodel = convert_model(qmodel, inplace=True)
     return qmodel, state.records
+
+
+def calibrate_block(ctx) -> None:
+    """Observe the ranges of the block's lowbit layers over the block's inputs (its weights
+    float while observing) and freeze them."""
+    modules = [m for _, m in ctx.layers(QuantModuleMixin)]
+    ctx.run()
+    for module in modules:
+        module.freeze()
