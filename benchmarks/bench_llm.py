@@ -20,8 +20,12 @@ already in it.
 ``--keep-float lm_head`` keeps the (tied) LM head float in every variant.
 
 Writes ``benchmarks/results/llm.json`` and ``llm.md`` (``--out`` changes the stem).
+``--summary llm,llm_awq,...`` merges the rows of result files made with the same float model,
+calibration and evaluation (e.g. variants run as separate processes) into ``llm_summary``,
+with every rise compared to the plain-rounding row of its recipe.
 
     python benchmarks/bench_llm.py [--calib 32 --calib-len 256 --eval-tokens 8192]
+    python benchmarks/bench_llm.py --summary llm,llm_awq,llm_w8a8
 """
 
 from __future__ import annotations
@@ -89,7 +93,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--resume", action="store_true", help="keep the rows already written")
     parser.add_argument("--out", default=str(RESULTS / "llm"))
+    parser.add_argument("--summary", default=None,
+                        help="comma-separated result stems in benchmarks/results to merge")
     args = parser.parse_args()
+    if args.summary:
+        summarize([RESULTS / f"{stem}.json" for stem in args.summary.split(",")],
+                  RESULTS / "llm_summary")
+        return
     torch.set_num_threads(args.threads)
 
     import lowbit
@@ -166,6 +176,30 @@ def main() -> None:
         out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
         out.with_suffix(".md").write_text(markdown(result))
         print(markdown(result), flush=True)
+
+
+def summarize(paths: list[Path], out: Path) -> None:
+    """Merge result files that share the float model, calibration and evaluation."""
+    parts = [json.loads(p.read_text()) for p in paths]
+    first = parts[0]
+    for p, part in zip(paths, parts):
+        for key in ("calibration", "keep_float"):
+            if part[key] != first[key]:
+                raise SystemExit(f"{p}: {key} differs from {paths[0]}'s")
+        if abs(part["float_perplexity"] - first["float_perplexity"]) > 1e-6 * \
+                first["float_perplexity"] or part["evaluation"]["tokens"] != \
+                first["evaluation"]["tokens"]:
+            raise SystemExit(f"{p}: another evaluation than {paths[0]}'s")
+    rows = {r["variant"]: r for part in parts for r in part["rows"]}
+    for name, row in rows.items():
+        baseline = VARIANTS[name][2]
+        if baseline in rows:
+            row["rise_over_rtn_rise"] = row["rise_pct"] / rows[baseline]["rise_pct"]
+    result = dict(first, rows=[rows[n] for n in VARIANTS if n in rows],
+                  merged_from=[p.name for p in paths])
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
 
 
 def markdown(r: dict) -> str:
