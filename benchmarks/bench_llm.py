@@ -84,7 +84,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calib", type=int, default=32, help="calibration sequences")
     parser.add_argument("--calib-len", type=int, default=256, help="tokens per sequence")
-    parser.add_argument("--eval-tokens", type=int, default=8192)
+    parser.add_argument("--eval-tokens", type=int, default=8192,
+                        help="held-out tokens scored; 0 times the quantization only")
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--keep-float", default=None,
@@ -121,6 +122,8 @@ def main() -> None:
     rows = {r["variant"]: r for r in old.get("rows", [])}
     if "float_perplexity" in old:
         float_ppl, eval_s = old["float_perplexity"], old["evaluation"]["float_eval_seconds"]
+    elif eval_tokens == 0:
+        float_ppl, eval_s = None, 0.0
     else:
         t0 = time.perf_counter()
         float_ppl = ppl(model)
@@ -159,15 +162,15 @@ def main() -> None:
                "loadavg_before": list(load0), "loadavg_after": list(os.getloadavg()),
                "peak_rss_mib_so_far": _rss_mib(), "peak_rss_growth_mib": _rss_mib() - rss0,
                "layers_quantized": sum(r.action == "quantized" for r in records)}
-        p = ppl(qmodel)
-        row.update(perplexity=p, rise_pct=100 * (p / float_ppl - 1))
+        p = ppl(qmodel) if eval_tokens else None
+        row.update(perplexity=p, rise_pct=None if p is None else 100 * (p / float_ppl - 1))
         errs = [(r.metrics["gptq_output_mse"], r.metrics["rtn_output_mse"])
                 for r in records if "gptq_output_mse" in r.metrics]
         if errs:
             row["median_layer_error_ratio"] = sorted(g / max(r, 1e-30)
                                                      for g, r in errs)[len(errs) // 2]
             row["damping_retries"] = sum(r.metrics.get("gptq_damp_retries", 0) for r in records)
-        if baseline in rows:
+        if baseline in rows and p is not None:
             row["rise_over_rtn_rise"] = row["rise_pct"] / rows[baseline]["rise_pct"]
         rows[name] = row
         del qmodel
@@ -193,7 +196,7 @@ def summarize(paths: list[Path], out: Path) -> None:
     rows = {r["variant"]: r for part in parts for r in part["rows"]}
     for name, row in rows.items():
         baseline = VARIANTS[name][2]
-        if baseline in rows:
+        if baseline in rows and p is not None:
             row["rise_over_rtn_rise"] = row["rise_pct"] / rows[baseline]["rise_pct"]
     result = dict(first, rows=[rows[n] for n in VARIANTS if n in rows],
                   merged_from=[p.name for p in paths])
@@ -211,7 +214,8 @@ def markdown(r: dict) -> str:
              "this process's.\n",
              f"Calibration: {r['calibration']['sequences']} × {r['calibration']['tokens_each']} "
              f"tokens; evaluation: {r['evaluation']['tokens']} held-out tokens in windows of "
-             f"{r['evaluation']['window']}. Float perplexity {r['float_perplexity']:.3f}. "
+             f"{r['evaluation']['window']}. Float perplexity "
+             f"{'not measured' if r['float_perplexity'] is None else round(r['float_perplexity'], 3)}. "
              f"Kept float: {r.get('keep_float') or 'nothing'}. Float model "
              f"{r['float_model_bytes'] / 2**20:.0f} MiB of parameters, RSS after loading "
              f"{r['rss_after_loading_mib']:.0f} MiB.\n",
@@ -220,8 +224,10 @@ def markdown(r: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for row in r["rows"]:
         ratio = row.get("rise_over_rtn_rise")
-        lines.append(f"| {row['variant']} | {row['recipe']} | {row['perplexity']:.3f} "
-                     f"({row['rise_pct']:+.1f} %) | {'' if ratio is None else f'{ratio:.2f}'} | "
+        ppl = "not measured" if row["perplexity"] is None else \
+            f"{row['perplexity']:.3f} ({row['rise_pct']:+.1f} %)"
+        lines.append(f"| {row['variant']} | {row['recipe']} | {ppl} | "
+                     f"{'' if ratio is None else f'{ratio:.2f}'} | "
                      f"{row['quantize_seconds']:.1f} | {row['quantize_cpu_seconds']:.1f} | "
                      f"{row['loadavg_before'][0]:.1f}→{row['loadavg_after'][0]:.1f} | "
                      f"{row['peak_rss_mib_so_far']:.0f} | {row['layers_quantized']} |")
