@@ -70,17 +70,21 @@ def main() -> None:
                      "layers_quantized": sum(r.action == "quantized" for r in records),
                      "layers": len(records)})
         print(rows[-1], flush=True)
+        write(args, rows, len(calib_text), len(held))  # after every row: a stopped run keeps it
+
+
+def write(args, rows: list[dict], n_calib: int, n_eval: int) -> None:
+    """Write the JSON and Markdown results of the rows measured so far."""
     result = {"machine": cpu_model(), "recipe": args.recipe, "model": "all-MiniLM-L6-v2",
-              "calibration_sentences": len(calib_text), "eval_sentences": len(held),
-              "rows": rows}
+              "calibration_sentences": n_calib, "eval_sentences": n_eval, "rows": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     m = result["machine"]
     lines = [f"# MiniLM-L6 `{args.recipe}`: plain rounding vs GPTQ\n",
              f"CPU: {m['cpu']} ({m['cpu_count']} cores, torch threads {m['torch_threads']}); "
-             f"torch {m['torch']}. Calibration {len(calib_text)} pydoc sentences, evaluation "
-             f"{len(held)} other ones; score = mean embedding cosine to float.\n",
+             f"torch {m['torch']}. Calibration {n_calib} pydoc sentences, evaluation "
+             f"{n_eval} other ones; score = mean embedding cosine to float.\n",
              "| variant | mean cosine | min cosine | layers quantized | quantize wall s | "
              "CPU s | load avg (1 min) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
