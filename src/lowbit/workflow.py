@@ -2,17 +2,20 @@
 
 Without algorithms this is :func:`lowbit.model.api.quantize_model`.  With algorithms
 (``["gptq"]``, ``["smoothquant", "gptq"]``, configured objects such as
-``GPTQ(damp=0.01, act_order=True)`` or their dicts) the prepared model's ranges are set
-first (weights from themselves; static activation ranges from one pass of the calibration
-data through the float-weight model), then the shared block runner walks the model's
-repeated blocks (or, in a model without any, its Linear/Conv layers one by one) and applies
-every algorithm to each unit in order, feeding each unit the outputs of the units already
-quantized; the float model (every quantizer off) is the runner's reference.  Each algorithm
-has a ``stage`` (:data:`lowbit.algorithms.base.STAGES`): ``"float"`` ones (``bn_fold``, ``cle``) rewrite a copy
-of the float model before it is prepared, ``"block"`` ones run on the block runner, and
-``"quantized"`` ones (``bias_correction``, ``bn_reestimate``, ``bn_affine``) run on the whole
-calibrated fake-quant model afterwards; within a stage the given order is kept.  What each
-step did goes into the layer records.  The algorithms' configs are kept with the model
+``GPTQ(damp=0.01, act_order=True)`` or their dicts) the weights' ranges are set from
+themselves first.  Each algorithm has a ``stage`` (:data:`lowbit.algorithms.base.STAGES`):
+``"float"`` ones (``bn_fold``, ``cle``) rewrite a copy of the float model before it is
+prepared; ``"block"`` ones run on the shared block runner, which walks the model's repeated
+blocks (or, in a model without any, its Linear/Conv layers one by one), feeding each unit the
+outputs of the units already quantized — static activation ranges of a unit's layers are
+observed on those inputs (one pass, its own weights still float) and frozen before the
+algorithms change it, and layers outside the units (an embedding, an LM head) are observed
+afterwards in one pass through the result, only when they need data; ``"quantized"`` ones
+(``bias_correction``, ``bn_reestimate``, ``bn_affine``) run on the whole calibrated fake-quant
+model afterwards (without block algorithms, static ranges come from one pass of the
+calibration data first).  Within a stage the given order is kept; the float model (every
+quantizer off) is the runner's reference.  What each step did goes into the layer records.
+The algorithms' configs are kept with the model
 (``lowbit_state(model).algorithms``) and saved in the checkpoint manifest.
 """
 
@@ -29,11 +32,14 @@ from .algorithms import parse_algorithms, run_blocks
 from .algorithms._runner_layers import fake_quant_off
 from .algorithms.base import STAGES
 from .config import resolve_fq_impl
+from .distributed.observers import reduce_model_observers
 from .errors import ConfigError
 from .model.api import quantize_model as _plain_quantize_model
 from .model.batches import check_calib_data, check_max_batches, is_forward_loop, peek, run_batches
 from .model.convert import convert as convert_model
-from .model.prepare import calibrate, lowbit_state, prepare, quant_modules
+from .model.prepare import (calibrate, end_calibration, lowbit_state, prepare, quant_modules,
+                            start_calibration)
+from .nn.qat import QuantModuleMixin
 from .records import LayerRecord
 
 logger = logging.getLogger(__name__)
@@ -98,19 +104,28 @@ def quantize_model(model: nn.Module, recipe: Any, calib_data: Any, *,
     qmodel = prepare(model, recipe, example_inputs=first if example_inputs is None
                      else example_inputs, fq_impl=fq_impl)
     _write_notes(lowbit_state(qmodel), qmodel, notes)
-    needs_data = any(m.act_quantizer is not None and not m.act_quantizer.ready
-                     for _, m in quant_modules(qmodel))
-    with calibrate(qmodel):  # weights are observed directly; activations only if they need data
-        if needs_data:
-            run_batches(qmodel, calib_data)
+    needing = {name for name, m in quant_modules(qmodel)
+               if m.act_quantizer is not None and not m.act_quantizer.ready}
+    block_wise = bool(staged["block"]) and bool(needing)
+    if block_wise:
+        start_calibration(qmodel)  # observers on: block ranges come from the runner's inputs
+    else:
+        with calibrate(qmodel):  # weights are observed directly; activations if they need data
+            if needing:
+                run_batches(qmodel, calib_data)
     state = lowbit_state(qmodel)
     # the float model as calibrated, for quantized-stage algorithms that compare against it
     reference = (copy.deepcopy(qmodel) if any(a.wants_float_copy for a in staged["quantized"])
                  else None)
     torch.manual_seed(seed)
     logger.info("running %s block by block", ", ".join(a.name for a in algos))
+    in_blocks: set[str] = set()
 
     def step(ctx) -> None:
+        if block_wise:
+            in_blocks.update(ctx.name if not n else f"{ctx.name}.{n}"
+                             for n, _ in ctx.layers(QuantModuleMixin))
+            calibrate_block(ctx)
         for algo in staged["block"]:
             algo.apply_block(ctx)
 
@@ -120,6 +135,11 @@ def quantize_model(model: nn.Module, recipe: Any, calib_data: Any, *,
                    else progress, record=state.record,
                    reference=(lambda: fake_quant_off(qmodel))
                    if any(a.wants_reference for a in staged["block"]) else None)
+    if block_wise:
+        if needing - in_blocks:  # layers outside the blocks: one pass through the result
+            with torch.no_grad():
+                run_batches(qmodel, calib_data)
+        end_calibration(qmodel)  # freezes what is left; block layers keep their ranges
     for algo in staged["quantized"]:
         algo.apply_quantized(qmodel, calib_data, state.record, reference)
     applied = [a for stage in STAGES for a in staged[stage]]
@@ -147,3 +167,14 @@ def _write_notes(state, qmodel: nn.Module, notes: dict[str, dict]) -> None:
                                      f"{k}: {v}" for k, v in metrics.items()))
             state.records.append(record)
         record.metrics.update(metrics)
+
+
+def calibrate_block(ctx) -> None:
+    """Observe the ranges of the block's lowbit layers over the block's inputs (its weights
+    float while observing) and freeze them (under ``torch.distributed`` the observers are
+    reduced across ranks first, so every rank freezes the ranges of all ranks' inputs)."""
+    modules = [m for _, m in ctx.layers(QuantModuleMixin)]
+    ctx.run()
+    reduce_model_observers(ctx.module)
+    for module in modules:
+        module.freeze()

@@ -158,3 +158,81 @@ def test_gptq_model_is_closer_to_float_than_plain_rounding_and_deterministic(tmp
 def test_bad_gptq_options_are_rejected(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         GPTQ(**kwargs)
+
+
+def test_inverse_cholesky_matches_the_naive_factor_of_the_inverse():
+    h = _hessian(_correlated(400, 24, seed=8), torch.float64)
+    upper, damp, retries = inverse_cholesky(h, 0.01, max_retries=0)
+    damped = h + 0.01 * torch.diagonal(h).mean() * torch.eye(24, dtype=torch.float64)
+    naive = torch.linalg.cholesky(torch.linalg.inv(damped)).mT  # upper, H⁻¹ = Uᵀ U
+    assert (damp, retries) == (0.01, 0)
+    assert torch.allclose(upper, naive, rtol=1e-8, atol=1e-10)
+    assert torch.equal(upper, upper.triu())
+
+
+def test_layers_reading_one_input_share_one_hessian_and_stacked_gptq_equals_per_layer():
+    from lowbit.algorithms.gptq import SharedHessians
+
+    width = 16
+
+    class Fan(torch.nn.Module):  # a and b read one tensor, c another
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(width, 8), torch.nn.Linear(width, 8)
+            self.c = torch.nn.Linear(8, width)
+
+        def forward(self, x):
+            return self.c(self.a(x) * self.b(x))
+
+    fake = lowbit.prepare(Fan(), Recipe((Rule(ByType(("Linear",)),
+                                              LayerConfig(SPECS["int4-affine-g16"]
+                                                          .replace(granularity=PerGroup(4, 1)))),)))
+    with lowbit.calibrate(fake):
+        pass
+    shared = SharedHessians()
+    hooks = [m.register_forward_pre_hook(lambda mod, args, _n=n: shared.add(_n, mod, args[0]))
+             for n, m in (("a", fake.a), ("b", fake.b), ("c", fake.c))]
+    xs = [_correlated(64, width, seed=s) for s in (1, 2, 3)]
+    with torch.no_grad():
+        for x in xs:
+            fake(x)
+    for h in hooks:
+        h.remove()
+    found = dict((tuple(names), hess) for names, hess in shared.hessians())
+    assert set(found) == {("a", "b"), ("c",)}
+    assert torch.allclose(found[("a", "b")], _hessian(torch.cat(xs)), rtol=1e-5, atol=1e-6)
+
+    one_by_one = [GPTQ(act_order=True).quantize_layer(
+        _copy_layer(m), found[("a", "b")]) for m in (fake.a, fake.b)]
+    GPTQ(act_order=True).quantize_layers([fake.a, fake.b], found[("a", "b")])
+    for m, res in zip((fake.a, fake.b), one_by_one):
+        assert torch.allclose(m.weight, res.weight, atol=1e-6)
+        assert torch.equal(m.weight_quantizer.qparams().scale, res.qparams.scale)
+
+
+def _copy_layer(module):
+    import copy
+    return copy.deepcopy(module)
+
+
+def test_replaying_a_block_quantizes_each_weight_once_with_the_same_outputs():
+    from lowbit.algorithms._runner import BlockInputs, run_block, weights_quantized_once
+
+    fake = lowbit.prepare(Toy(), RECIPE)
+    with lowbit.calibrate(fake):
+        pass
+    block = fake.layers[0]
+    x, mask = batches(1)[0]
+    inputs = BlockInputs([(torch.randn(2, 16, 32),)], [{"mask": mask}])
+    calls = []
+    handle = block.up.weight_quantizer.register_forward_hook(lambda *a: calls.append(1))
+    expected = block(*inputs.args[0], **inputs.kwargs[0])[0]
+    calls.clear()
+    with weights_quantized_once(block):
+        assert len(calls) == 1
+        block(*inputs.args[0], **inputs.kwargs[0])
+        block(*inputs.args[0], **inputs.kwargs[0])
+        assert len(calls) == 1, "no re-quantization inside the context"
+    handle.remove()
+    assert "quantized_weight" not in vars(block.up), "the patch is undone"
+    assert torch.equal(run_block(block, inputs)[0], expected)

@@ -27,7 +27,8 @@ def test_smoothquant_keeps_the_float_model_and_records_what_it_folded():
                                           algorithms=[SmoothQuant(alpha=0.6)])
     by_name = {r.name: r for r in records}
     assert by_name["layers.0.a"].metrics["smoothquant_folded_into"] == "norm"
-    assert "smoothquant_skipped" in by_name["layers.0.out"].metrics
+    # out reads relu(a(n)) * b(n): b's output rows take the scale exactly
+    assert by_name["layers.0.out"].metrics["smoothquant_folded_into"] == "b"
     assert float(fake.layers[0].norm.weight[3].detach()) < 30.0  # the outlier moved into the weights
     for module in fake.modules():
         if hasattr(module, "set_fake_quant"):
@@ -36,6 +37,14 @@ def test_smoothquant_keeps_the_float_model_and_records_what_it_folded():
         for x, mask in data:
             ref = model(x, mask=mask)
             assert float((fake(x, mask=mask) - ref).norm() / ref.norm()) <= 1e-5
+
+
+def test_an_inexact_fold_is_refused_and_recorded():
+    model = _with_blocks(lambda: SharedNorm(residual_uses_norm=True))
+    _, records = lowbit.quantize_model(model, "w8a8", batches(2), convert=False,
+                                       algorithms=[SmoothQuant(alpha=0.6)])
+    metrics = {r.name: r.metrics for r in records}["layers.0.a"]
+    assert metrics["smoothquant_skipped"] == "folding would change the block's float output"
 
 
 def test_smoothquant_then_gptq_compose():

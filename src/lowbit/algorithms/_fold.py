@@ -8,7 +8,13 @@ division is folded into the producer of ``x`` when that is exact:
   q/k/v projections, or its gate/up projections;
 * the **producer** is the module whose forward returned that very tensor; a LayerNorm or
   RMSNorm (a module with a 1-D ``weight`` of the input width, and ``bias`` if any) absorbs
-  ``1/s`` into ``weight`` and ``bias``.
+  ``1/s`` into ``weight`` and ``bias``;
+* when no norm returned it (the input is made by an op, e.g. ``act(gate(x)) * up(x)`` before a
+  decoder's down projection, or attention's ``softmax(QKᵀ)·V`` before ``o_proj``), the
+  **candidates** are the Linear layers of the block called earlier whose output width is the
+  group's input width, nearest first; one absorbs ``1/s`` into its output rows (weight and
+  bias) when that is exact (``up_proj`` → ``down_proj``; ``v_proj`` → ``o_proj`` when every
+  value head has its own output head), which the check below decides.
 
 A fold is kept only if the block's float output is unchanged (relative error ≤ ``tol`` on the
 first captured call, fake quantization off; under ``torch.distributed`` the largest error of
@@ -40,6 +46,13 @@ class InputGroup:
     producer_name: str | None = None
     producer: nn.Module | None = None
     inputs: list[torch.Tensor] = field(default_factory=list)  # [rows, K] per captured call
+    #: Linear layers that may produce the input (see the module doc), nearest first
+    candidates: list[tuple[str, nn.Module]] = field(default_factory=list)
+
+    @property
+    def foldable(self) -> bool:
+        """Whether a fold can be tried (a norm producer or a Linear candidate)."""
+        return self.producer is not None or bool(self.candidates)
 
 
 def _is_norm(module: nn.Module, width: int) -> bool:
@@ -95,15 +108,20 @@ def find_input_groups(ctx) -> list[InputGroup]:
     for name, key in seen:
         by_input.setdefault(key, []).append(name)
     modules = dict(ctx.layers())
+    order = [name for name, _ in seen]
     groups = []
     for names in by_input.values():
         producer = producers.get(names[0])
         layers = [modules[n] for n in names]
         width = layers[0].in_features
         ok = producer is not None and _is_norm(modules[producer], width)
+        candidates = [] if ok or producer is not None else [
+            (n, modules[n]) for n in reversed(order[:order.index(names[0])])
+            if n not in names and modules[n].out_features == width]
         groups.append(InputGroup(names, layers, producer if ok else None,
                                  modules[producer] if ok else None,
-                                 [c[names[0]] for c in calls if names[0] in c]))
+                                 [c[names[0]] for c in calls if names[0] in c],
+                                 list(dict(candidates).items())))
     return groups
 
 
@@ -128,35 +146,45 @@ def _float_output(ctx) -> torch.Tensor:
 
 
 def fold_scales(ctx, group: InputGroup, s: torch.Tensor, tol: float = FOLD_TOLERANCE) -> bool:
-    """Fold ``x / s`` into the group's producer and ``W·diag(s)`` into its layers; keep it only
-    if the block's float output moves by at most ``tol`` (relative).  The layers' weight
-    qparams are re-chosen from the new weights.  Returns whether the fold was kept."""
-    if group.producer is None:
+    """Fold ``x / s`` into the group's producer (its norm, else the first candidate Linear for
+    which it is exact) and ``W·diag(s)`` into its layers; a fold is kept only if the block's
+    float output moves by at most ``tol`` (relative).  The changed layers' weight qparams are
+    re-chosen from the new weights.  Returns whether a fold was kept; ``group.producer`` and
+    ``producer_name`` then name the module that absorbed it."""
+    options = [(group.producer_name, group.producer)] if group.producer is not None \
+        else list(group.candidates)
+    if not options:
         return False
     before = _float_output(ctx)
-    saved = [(p, p.detach().clone()) for p in _fold_params(group)]
-    with torch.no_grad():
-        prod = group.producer
-        prod.weight.div_(s.to(prod.weight.dtype))
-        if getattr(prod, "bias", None) is not None:
-            prod.bias.div_(s.to(prod.bias.dtype))
-        for layer in group.layers:
-            layer.weight.mul_(s.to(layer.weight.dtype).unsqueeze(0))
-    after = _float_output(ctx)
-    rel = (after - before).norm() / before.norm().clamp_min(1e-30)
-    rel = float(all_reduce_(rel.reshape(1).double(), "max"))  # one decision for all ranks
-    if not rel <= tol:
+    for name, producer in options:
+        saved = [(p, p.detach().clone()) for p in _fold_params(producer, group)]
+        with torch.no_grad():
+            for p in _producer_params(producer):  # [K] for a norm, [K, in] for a Linear
+                p.div_(s.to(p.dtype).reshape((-1,) + (1,) * (p.dim() - 1)))
+            for layer in group.layers:
+                layer.weight.mul_(s.to(layer.weight.dtype).unsqueeze(0))
+        after = _float_output(ctx)
+        rel = (after - before).norm() / before.norm().clamp_min(1e-30)
+        rel = float(all_reduce_(rel.reshape(1).double(), "max"))  # one decision for all ranks
+        if rel <= tol:
+            group.producer_name, group.producer = name, producer
+            for layer in group.layers + [producer]:
+                wq = getattr(layer, "weight_quantizer", None)
+                if wq is not None:
+                    wq.freeze(weight_matrix(layer.weight).detach())
+            return True
         with torch.no_grad():
             for p, old in saved:
                 p.copy_(old)
-        return False
-    for layer in group.layers:
-        layer.weight_quantizer.freeze(weight_matrix(layer.weight).detach())
-    return True
+    return False
 
 
-def _fold_params(group: InputGroup) -> list[torch.Tensor]:
-    params = [group.producer.weight]
-    if getattr(group.producer, "bias", None) is not None:
-        params.append(group.producer.bias)
-    return params + [layer.weight for layer in group.layers]
+def _producer_params(producer: nn.Module) -> list[torch.Tensor]:
+    params = [producer.weight]
+    if getattr(producer, "bias", None) is not None:
+        params.append(producer.bias)
+    return params
+
+
+def _fold_params(producer: nn.Module, group: InputGroup) -> list[torch.Tensor]:
+    return _producer_params(producer) + [layer.weight for layer in group.layers]

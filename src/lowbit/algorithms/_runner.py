@@ -39,6 +39,7 @@ The runner knows nothing of any algorithm.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -48,6 +49,7 @@ from torch import nn
 from ..distributed import is_main
 from ..errors import ConfigError, StateError
 from ..model.batches import call_batch, check_calib_data, is_forward_loop
+from ..nn.qat import QuantModuleMixin
 
 logger = logging.getLogger(__name__)
 
@@ -263,11 +265,33 @@ def _block_dtype(block: nn.Module) -> torch.dtype | None:
     return None
 
 
+@contextmanager
+def weights_quantized_once(block: nn.Module):
+    """Within the context each lowbit layer of ``block`` uses its fake-quantized weight
+    computed once on entry, instead of re-quantizing it on every call (the replay calls the
+    block once per batch; the weights must not change inside the context)."""
+    patched = []
+    with torch.no_grad():
+        for module in block.modules():
+            wq = getattr(module, "weight_quantizer", None)
+            if isinstance(module, QuantModuleMixin) and wq is not None and wq.enabled \
+                    and not wq.observing:
+                weight = module.quantized_weight().detach()
+                module.quantized_weight = (lambda w=weight: w)  # instance attribute
+                patched.append(module)
+    try:
+        yield
+    finally:
+        for module in patched:
+            del module.quantized_weight
+
+
 def run_block(block: nn.Module, inputs: BlockInputs) -> list[torch.Tensor]:
-    """The block's hidden outputs for every captured call (no grad, in the block's dtype)."""
+    """The block's hidden outputs for every captured call (no grad, in the block's dtype;
+    each fake-quantized weight computed once)."""
     dtype = _block_dtype(block) if inputs.act_dtype is not None else None
     outs = []
-    with torch.no_grad():
+    with torch.no_grad(), weights_quantized_once(block):
         for i in range(len(inputs)):
             args, kwargs = inputs.call(i, dtype)
             outs.append(_hidden_of(block(*args, **kwargs)))

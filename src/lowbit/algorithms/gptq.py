@@ -97,17 +97,22 @@ def inverse_cholesky(hessian: torch.Tensor, damp: float, max_retries: int
                      ) -> tuple[torch.Tensor, float, int]:
     """``(U, damp used, retries)`` with ``U`` the upper Cholesky factor of
     ``(H + damp·mean(diag H)·I)⁻¹``; ``damp`` is raised tenfold (to at least 1e-3) after
-    every failed factorization.  Raises :class:`InputError` when all attempts fail."""
+    every failed factorization.  Raises :class:`InputError` when all attempts fail.
+
+    One factorization and one triangular inverse: with ``J`` the reversal permutation and
+    ``J H J = L Lᵀ`` (lower ``L``), ``H⁻¹ = (J L⁻¹ J)ᵀ (J L⁻¹ J)`` and ``J L⁻¹ J`` is upper
+    with a positive diagonal, so it is ``U`` (no explicit inverse of ``H``)."""
     k = hessian.shape[0]
     mean_diag = float(torch.diagonal(hessian).mean())
     eye = torch.eye(k, dtype=hessian.dtype, device=hessian.device)
+    flipped = hessian.flip((0, 1))  # J H J
     frac = tried = damp
     for attempt in range(max_retries + 1):
         tried = frac
-        chol, info = torch.linalg.cholesky_ex(hessian + (frac * mean_diag) * eye)
+        chol, info = torch.linalg.cholesky_ex(flipped + (frac * mean_diag) * eye)
         if int(info) == 0:
-            upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(chol), upper=True)
-            if int(info) == 0 and bool(torch.isfinite(upper).all()):
+            upper = torch.linalg.solve_triangular(chol, eye, upper=False).flip((0, 1))
+            if bool(torch.isfinite(upper).all()):
                 return upper, frac, attempt
         logger.warning("GPTQ: Cholesky failed with damp=%g; retrying with more damping", frac)
         frac = max(frac * 10.0, 1e-3)
@@ -171,7 +176,8 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec, 
         E1 = torch.zeros_like(W1)
         U1 = U[i1:i2, i1:i2]  # [B, B]
         with one_thread():  # vector ops of O elements: threads cost more than they give
-            _quantize_columns(W1, E1, U1, Q[:, i1:i2], scale[:, i1:i2], zero[:, i1:i2], qtype)
+            _quantize_columns(W1, E1, U1, Q[:, i1:i2], scale[:, i1:i2], zero[:, i1:i2], qtype,
+                              1.0 / scale[:, i1:i2])
         W[:, i2:] -= E1 @ U[i1:i2, i2:]
     if perm is not None:
         Q = Q[:, torch.argsort(perm)]
@@ -181,13 +187,14 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec, 
     return GPTQResult(Q.float(), qp, used, retries)
 
 
-def _quantize_columns(W1, E1, U1, Q1, scale, zero, qtype) -> None:
+def _quantize_columns(W1, E1, U1, Q1, scale, zero, qtype, inv_scale) -> None:
     """Quantize the columns of one lazy block in order (eq. 3-4), in place: ``W1 [O, B]``
-    updated weights, ``E1`` the scaled errors, ``Q1`` the dequantized result."""
+    updated weights, ``E1`` the scaled errors, ``Q1`` the dequantized result;
+    ``inv_scale = 1 / scale``, computed once per block."""
     for i in range(W1.shape[1]):
         w = W1[:, i]  # [O]
         s, z = scale[:, i], zero[:, i]
-        q = torch.clamp(torch.round(w.float() * (1.0 / s)) + z, qtype.qmin, qtype.qmax)
+        q = torch.clamp(torch.round(w.float() * inv_scale[:, i]) + z, qtype.qmin, qtype.qmax)
         dq = ((q - z) * s).to(W1.dtype)  # [O]
         Q1[:, i] = dq
         err = (w - dq) / U1[i, i]
@@ -208,8 +215,8 @@ class GPTQ(Algorithm):
     """GPTQ for every lowbit ``QuantLinear`` of a block (weights only; see the module doc).
 
     damp: fraction of the mean Hessian diagonal added to it. block_size: columns per lazy
-    update. act_order: visit columns by decreasing Hessian diagonal (static group qparams).
-    static_groups: choose group qparams from the original weight. hessian_dtype: "float32"
+    update. act_order (on by default): visit columns by decreasing Hessian diagonal (static
+    group qparams). static_groups: choose group qparams from the original weight. hessian_dtype: "float32"
     or "float64". max_retries: how often a failed Cholesky raises the damping.
     Each layer's record gets ``gptq_output_mse`` next to ``rtn_output_mse`` (plain rounding
     with the calibrated qparams, same inputs), the damping used and the retries.
@@ -218,7 +225,7 @@ class GPTQ(Algorithm):
     name = "gptq"
     damp: float = 0.01
     block_size: int = 128
-    act_order: bool = False
+    act_order: bool = True
     static_groups: bool = False
     hessian_dtype: str = "float32"
     max_retries: int = 6
@@ -241,13 +248,11 @@ class GPTQ(Algorithm):
         layers = [(n, m) for n, m in ctx.layers(QuantLinear) if m.weight_quantizer is not None]
         if not layers:
             return
-        dtype = HESSIAN_DTYPES[self.hessian_dtype]
-        acc = {n: HessianAccumulator(m.in_features, dtype, m.weight.device) for n, m in layers}
+        shared = SharedHessians(HESSIAN_DTYPES[self.hessian_dtype])
         hooks = []
         for n, m in layers:
-            def hook(module, args, _n=n):
-                acc[_n].add(module.quantized_input(args[0]))
-            hooks.append(m.register_forward_pre_hook(hook))
+            hooks.append(m.register_forward_pre_hook(
+                lambda module, args, _n=n: shared.add(_n, module, args[0])))
             m.weight_quantizer.enabled = False  # the Hessians see the block's float weights
         try:
             ctx.run()
@@ -256,24 +261,64 @@ class GPTQ(Algorithm):
                 h.remove()
             for _, m in layers:
                 m.weight_quantizer.enabled = True
-        for n, _ in layers:  # across ranks: every rank's rows (a no-op in one process)
-            acc[n].all_reduce()
+        names = [n for n, _ in layers]
+        groups = shared.hessians()  # summed over the ranks: every rank's rows
+        covered = {n for group, _ in groups for n in group}
+        for n, m in layers:  # never taken: HessianAccumulator raises the usual error
+            if n not in covered:
+                HessianAccumulator(m.in_features).hessian()
 
-        def quantize(i: int) -> None:  # on the rank that owns layer i
-            n, m = layers[i]
-            self.quantize_layer(m, acc.pop(n).hessian(), ctx.record(n))
+        def quantize(u: int) -> None:  # on the rank that owns the unit (layers of one H)
+            group, hessian = groups[u]
+            self.quantize_layers([dict(layers)[n] for n in group], hessian,
+                                 [ctx.record(n) for n in group])
 
-        run_owned([m for _, m in layers], quantize, [ctx.record(n) for n, _ in layers])
+        run_owned([m for _, m in layers], quantize, [ctx.record(n) for n in names],
+                  units=[[names.index(n) for n in group] for group, _ in groups])
+
+    def quantize_layers(self, modules: list[nn.Module], hessian: torch.Tensor,
+                        records: list | None = None) -> None:
+        """GPTQ on layers that read the same inputs (one ``hessian``): one run over their
+        stacked rows when their specs are equal and row-wise (per output channel or per group
+        along the input), which is exactly GPTQ on each (rows are independent given ``H``)
+        with one factorization; else one run per layer."""
+        records = records or [None] * len(modules)
+        spec = modules[0].weight_quantizer.spec
+        if len(modules) == 1 or not _row_wise(spec) or any(
+                m.weight_quantizer.spec != spec for m in modules):
+            for m, r in zip(modules, records):
+                self.quantize_layer(m, hessian, r)
+            return
+        t0 = time.perf_counter()
+        ws = [m.weight.detach().float() for m in modules]
+        res = self._run(torch.cat(ws), hessian, spec)
+        rows = 0
+        for m, w, r in zip(modules, ws, records):
+            part = slice(rows, rows + w.shape[0])
+            rows += w.shape[0]
+            qp = QParams(res.qparams.scale[part], res.qparams.zero_point[part],
+                         res.qparams.qtype, res.qparams.block_size)
+            self._install(m, w, GPTQResult(res.weight[part], qp, res.damp, res.retries),
+                          hessian, r, (time.perf_counter() - t0) / len(modules))
+
+    def _run(self, w: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec) -> GPTQResult:
+        return gptq_quantize(w, hessian, spec, damp=float(self.damp),
+                             block_size=self.block_size, act_order=self.act_order,
+                             static_groups=self.static_groups, max_retries=self.max_retries)
 
     def quantize_layer(self, module: nn.Module, hessian: torch.Tensor, record=None) -> GPTQResult:
         """Run GPTQ on ``module`` (a calibrated QuantLinear) with ``hessian``; its weight
         becomes the dequantized codes and its weight quantizer holds their qparams."""
-        wq = module.weight_quantizer
         t0 = time.perf_counter()
         w = module.weight.detach().float()  # [O, K]
-        res = gptq_quantize(w, hessian, wq.spec, damp=float(self.damp),
-                            block_size=self.block_size, act_order=self.act_order,
-                            static_groups=self.static_groups, max_retries=self.max_retries)
+        res = self._run(w, hessian, module.weight_quantizer.spec)
+        self._install(module, w, res, hessian, record, time.perf_counter() - t0)
+        return res
+
+    @staticmethod
+    def _install(module, w, res: GPTQResult, hessian, record, seconds: float) -> None:
+        """Write ``res`` into ``module`` and its record (errors next to plain rounding's)."""
+        wq = module.weight_quantizer
         rtn_qp = wq.qparams() if wq.is_frozen else _slice_qparams(wq.spec, w, wq.spec.granularity)
         rtn_mse = output_mse(w - fake_quantize(w, rtn_qp), hessian)
         gptq_mse = output_mse(w - res.weight, hessian)
@@ -283,8 +328,79 @@ class GPTQ(Algorithm):
         if record is not None:
             record.metrics.update(gptq_output_mse=gptq_mse, rtn_output_mse=rtn_mse,
                                   gptq_damp=res.damp, gptq_damp_retries=res.retries,
-                                  gptq_seconds=time.perf_counter() - t0)
+                                  gptq_seconds=seconds)
             if res.retries:
                 record.reason += (f"; GPTQ: Cholesky failed, damping raised to {res.damp:g} "
                                   f"after {res.retries} retr{'y' if res.retries == 1 else 'ies'}")
-        return res
+
+
+def _row_wise(spec: QuantSpec) -> bool:
+    """Whether ``spec``'s qparams are chosen per output row (so stacked rows keep theirs)."""
+    g = spec.granularity
+    return (isinstance(g, PerChannel) and g.axis == 0) or \
+        (isinstance(g, PerGroup) and g.axis in (1, -1))
+
+
+class SharedHessians:
+    """One :class:`HessianAccumulator` per set of layers that read the *same* input tensor
+    (e.g. a decoder's q/k/v projections, its gate/up projections), found at run time: a
+    layer called with the very tensor the previous layer got, and the same input
+    quantization (none, or an equal dynamic spec), joins that layer's set, so ``XᵀX`` is
+    accumulated once for the set.  ``add`` is the layers' forward pre-hook body."""
+
+    def __init__(self, dtype: torch.dtype = torch.float32):
+        self.dtype = dtype
+        self.acc: dict[tuple[str, ...], HessianAccumulator] = {}
+        self._pending: tuple[list[str], torch.Tensor, torch.Tensor, nn.Module] | None = None
+
+    def add(self, name: str, module: nn.Module, x: torch.Tensor) -> None:
+        p = self._pending
+        if p is not None and x is p[1] and _same_input_quant(module, p[3]):
+            p[0].append(name)
+            return
+        self.flush()
+        self._pending = ([name], x, module.quantized_input(x), module)
+
+    def flush(self) -> None:
+        """Add the pending input to its set's accumulator."""
+        if self._pending is not None:
+            names, _, q, _ = self._pending
+            key = tuple(names)
+            if key not in self.acc:
+                self.acc[key] = HessianAccumulator(q.shape[-1], self.dtype, q.device)
+            self.acc[key].add(q)
+            self._pending = None
+
+    def hessians(self) -> list[tuple[list[str], torch.Tensor]]:
+        """``(layer names, H)``: layers grouped when they shared their input on every call
+        (a layer whose sets differed between calls gets the sum over its sets).  Under
+        ``torch.distributed`` each set's ``XᵀX`` and row count are summed over the ranks first
+        (the sets come from the model's call order, the same on every rank)."""
+        self.flush()
+        for acc in self.acc.values():
+            acc.all_reduce()
+        keys_of: dict[str, list[tuple[str, ...]]] = {}
+        for key in self.acc:
+            for name in key:
+                keys_of.setdefault(name, []).append(key)
+        groups: dict[tuple, list[str]] = {}
+        for name, keys in keys_of.items():
+            groups.setdefault(tuple(keys), []).append(name)
+        out = []
+        for keys, names in groups.items():
+            if len(keys) == 1:
+                out.append((names, self.acc[keys[0]].hessian()))
+            else:
+                total = HessianAccumulator(self.acc[keys[0]].sum.shape[0], self.dtype)
+                for k in keys:
+                    total.sum += self.acc[k].sum
+                    total.n += self.acc[k].n
+                out.append((names, total.hessian()))
+        return out
+
+
+def _same_input_quant(a: nn.Module, b: nn.Module) -> bool:
+    qa, qb = a.act_quantizer, b.act_quantizer
+    if qa is None or qb is None:
+        return qa is None and qb is None
+    return qa.spec.dynamic and qa.spec == qb.spec and qa.enabled == qb.enabled

@@ -5,8 +5,8 @@ Quantization for Large Language Models" (ICML 2023), eq. 4: per input channel ``
 ``s_j = max|X_j|^α / max|W_j|^(1−α)``, then ``Y = (X diag(s)⁻¹)(diag(s) W)``.  ``max|X_j|``
 is taken over every calibration row the layers of a group receive (under
 ``torch.distributed``, the rows of every rank), ``max|W_j|`` over the column ``j`` of all
-of them.  The scale is folded exactly into the producing norm (see
-:mod:`lowbit.algorithms._fold`); groups with no foldable producer keep their weights.
+of them.  The scale is folded exactly into the producing norm or Linear (see
+:mod:`lowbit.algorithms._fold`); groups with no exact fold keep their weights.
 """
 
 from __future__ import annotations
@@ -57,5 +57,5 @@ class SmoothQuant(Algorithm):
                     record.metrics["smoothquant_folded_into"] = group.producer_name
                 else:
                     record.metrics["smoothquant_skipped"] = (
-                        "no LayerNorm/RMSNorm producer of this input" if group.producer is None
+                        "no norm or Linear producer of this input" if not group.foldable
                         else "folding would change the block's float output")

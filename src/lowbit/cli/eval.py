@@ -26,7 +26,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
                         help="the float model SPEC the checkpoint was made from")
     parser.add_argument("--out_dir", required=True, help="output directory")
+    parser.add_argument("--text", default=None, metavar="FILE",
+                        help="causal LMs: report the perplexity on this UTF-8 text file")
     add_quant_flags(parser)
+
+
+def read_text(path: str) -> str:
+    """The UTF-8 text of ``path``; :class:`FlagError` (exit 2) when the file is missing,
+    empty (or only whitespace) or not UTF-8."""
+    file = Path(path)
+    if not file.is_file():
+        raise FlagError("--text", path, "an existing text file", fix="check the path")
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FlagError("--text", path, "a UTF-8 text file", fix=f"byte {exc.start} is not "
+                        "UTF-8; convert it, e.g. iconv -t UTF-8") from None
+    if not text.strip():
+        raise FlagError("--text", path, "a non-empty text file", fix="put the text to score in it")
+    return text
 
 
 def _recalibrate(model, example, batches: int, method: str | None) -> int:
@@ -72,9 +90,16 @@ def run(args: argparse.Namespace) -> int:
     from lowbit.model import convert, estimate_model_size, lowbit_state, to_float
 
     check_flags(args, "eval")
+    text = None if args.text is None else read_text(args.text)
     roles = uses_role_flags(args)
     recipe = recipe_from_args(args) if roles else None
     example = load_example(args.model)
+    if text is not None:
+        if example.text_score is None:
+            raise FlagError("--text", args.text, "a causal language model (--model hf:DIR "
+                            "with a *ForCausalLM config)", fix=f"drop --text for {args.model}")
+        example.score = lambda m, _f=example.text_score: _f(m, text)
+        example.metric = "perplexity"
     model = ckpt.load(args.ckpt, copy.deepcopy(example.model))
     state = lowbit_state(model)
     n_batches = args.quant_calib_batches or 0
@@ -98,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         ckpt.save(fake, out_dir / "checkpoint")
     score = example.score(model)
     metrics = {"ckpt": str(args.ckpt), "model": args.model, "metric": example.metric,
-               "score": score, "eval_time_calibration_batches": n_batches,
+               "score": score, "text": args.text, "eval_time_calibration_batches": n_batches,
                **estimate_model_size(model)}
     write_json(out_dir / "metrics.json", metrics)
     print(layer_table(records))

@@ -33,6 +33,8 @@ class Example:
     metric: str                            # e.g. "accuracy_pct" or "cosine_to_float"
     default_recipe: str
     note: str = ""
+    #: causal LMs only: perplexity of a model on a text (``lowbit eval --text FILE``)
+    text_score: Callable[[nn.Module, str], float] | None = None
 
 
 def _cosine_scorer(reference: nn.Module, batches: list) -> Callable[[nn.Module], float]:
@@ -114,10 +116,18 @@ def hf_causal_lm(path: str, calib: int = 8, calib_len: int = 128,
     model.config.use_cache = False
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     held = token_ids(tokenizer, pydoc_split()[1])[:eval_tokens]
+
+    def text_score(m: nn.Module, text: str) -> float:
+        ids = token_ids(tokenizer, text)
+        if ids.numel() < 2:
+            raise ConfigError("--text", f"a text of {ids.numel()} token(s)", "at least 2 tokens",
+                              fix="pass a longer text file")
+        return perplexity(m, ids, 512)
+
     return Example(f"hf:{path}", model, calibration_batches(tokenizer, calib, calib_len),
                    lambda m: perplexity(m, held, 512), "perplexity", "w4a16-g64",
                    f"local Hugging Face causal LM; score = perplexity (lower is better) on "
-                   f"{held.numel()} held-out pydoc tokens")
+                   f"{held.numel()} held-out pydoc tokens", text_score)
 
 
 def hf_directory(path: str, n_sentences: int = 64) -> Example:

@@ -37,16 +37,20 @@ def all_reduce_count(n: int) -> int:
     return int(comm.all_reduce_(torch.tensor([n], dtype=torch.int64), "sum"))
 
 
-def run_owned(modules: list[nn.Module], work, records: list) -> None:
+def run_owned(modules: list[nn.Module], work, records: list,
+              units: list[list[int]] | None = None) -> None:
     """Call ``work(i)`` for every layer ``i`` of ``modules`` this rank owns, then give every
     rank each layer's result from its owner (:func:`share_layer`, with ``records[i]``).
+    ``units``: layers computed together (e.g. layers sharing one Hessian), as lists of indices
+    into ``modules``; ``work(u)`` then computes unit ``u``, owned by :func:`owner` ``(u)``.
 
     An error stops this rank's work and is raised on every rank (the others raise a
     :class:`StateError` naming the failing rank and its message), so no rank waits forever
     for a broadcast that will not come.  In one process: ``work(i)`` for every layer, in order.
     """
+    units = [[i] for i in range(len(modules))] if units is None else units
     error = None
-    for i in range(len(modules)):
+    for i in range(len(units)):
         if owns(i):
             try:
                 work(i)
@@ -65,8 +69,9 @@ def run_owned(modules: list[nn.Module], work, records: list) -> None:
         if message is not None:
             raise StateError(f"rank {r} failed while quantizing its layers of this block "
                              f"({message}); fix that rank's error (its own message says how)")
-    for i, module in enumerate(modules):
-        share_layer(module, records[i], owner(i))
+    for u, members in enumerate(units):
+        for i in members:
+            share_layer(modules[i], records[i], owner(u))
 
 
 def share_layer(module: nn.Module, record, src: int) -> None:
