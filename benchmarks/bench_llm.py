@@ -146,6 +146,8 @@ def main() -> None:
                              "float_eval_seconds": eval_s},
               "float_perplexity": float_ppl, "rows": list(rows.values())}
     for name in args.variants.split(","):
+        if name in rows:  # --resume: measured already
+            continue
         recipe_name, algos, baseline = VARIANTS[name]
         recipe = recipe_name
         if args.keep_float:
