@@ -15,8 +15,8 @@ BN reconstruction rows also report, per BatchNorm, the MSE of the quantized mode
 after that BatchNorm (the folded conv's output, or the kept BatchNorm's) against the float
 model's, on the test images (held out: never used for calibration).
 
-Rows are a list (``ROWS``): an algorithm not registered in this build (AdaRound/AdaQuant come
-from another branch) is reported as missing, not skipped silently.
+Rows are a list (``ROWS``): an algorithm not registered in this build is reported as missing,
+not skipped silently.
 
     python benchmarks/bench_cnn_repair.py   # -> benchmarks/results/cnn_repair.{json,md}
 """
@@ -65,9 +65,9 @@ ROWS = [
      "per-channel W4A8, BN folded, plain rounding", False),
     ("+ BN reconstruction (affine patch)", "W4A8 per-channel", ["bn_fold", "bn_affine"],
      "per-channel W4A8, BN folded, plain rounding", True),
-    ("+ AdaRound [issue11b]", "W4A8 per-channel", ["bn_fold", "adaround"],
+    ("+ AdaRound", "W4A8 per-channel", ["bn_fold", "adaround"],
      "per-channel W4A8, BN folded, plain rounding", False),
-    ("+ AdaQuant [issue11b]", "W4A8 per-channel", ["bn_fold", "adaquant"],
+    ("+ AdaQuant", "W4A8 per-channel", ["bn_fold", "adaquant"],
      "per-channel W4A8, BN folded, plain rounding", False),
     ("per-channel W4A8, BN kept, plain rounding", "W4A8 per-channel", [], None, True),
     ("+ BN reconstruction (re-estimated statistics)", "W4A8 per-channel", ["bn_reestimate"],
@@ -115,7 +115,7 @@ def main() -> None:
         missing = [a for a in algos if a not in ALGORITHMS]
         row = {"setting": label, "recipe": recipe, "algorithms": algos}
         if missing:
-            row["missing"] = f"{', '.join(missing)} not in this build (issue11b's branch)"
+            row["missing"] = f"{', '.join(missing)} not registered in this build"
             rows.append(row)
             print(f"{label}: {row['missing']}", flush=True)
             continue
