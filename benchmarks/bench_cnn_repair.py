@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
-import subprocess
 import time
 from pathlib import Path
 
@@ -40,6 +38,8 @@ from lowbit.recipe import ByType, Recipe, Rule
 from lowbit.types import PerChannel, PerTensor, Scheme, int4, int8
 from lowbit.zoo.digits import accuracy
 from lowbit.zoo.mobilenet_digits import load_mobilenet_digits, load_trained_mobilenet_digits
+
+from _machine import cpu  # noqa: E402  (benchmarks/ is on sys.path)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 _ACT = QuantSpec(qtype=int8, scheme=Scheme.AFFINE, granularity=PerTensor(), method="minmax")
@@ -75,14 +75,6 @@ ROWS = [
 ]
 
 
-def cpu() -> dict:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    info = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    flags = info.get("Flags", "").split()
-    return {"model": info.get("Model name", platform.processor()).strip(),
-            "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "flags": [f for f in flags if f.startswith(("avx", "amx")) or f == "fma"],
-            "loadavg_at_start": os.getloadavg()[0]}
 
 
 def after_bn_outputs(model: torch.nn.Module, x: torch.Tensor, names: dict[str, str]

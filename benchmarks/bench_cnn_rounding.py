@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from bench_llm import cpu_model
+from bench_llm import cpu_model, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -111,11 +111,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     result = {"machine": cpu_model(), "model": args.model, "float_accuracy": float_acc,
               "calibration_images": 32 * args.calib, "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(Path(args.out), result, markdown)
 
 
 def markdown(r: dict) -> str:

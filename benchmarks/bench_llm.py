@@ -60,6 +60,14 @@ VARIANTS = {
 }
 
 
+def write_results(out: Path, result: dict, markdown) -> None:
+    """``result`` as ``out``.json and ``markdown(result)`` as ``out``.md (printed too)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+
+
 def cpu_model() -> dict:
     """The CPU: lscpu's model name and flags relevant to integer kernels."""
     name, flags = platform.processor() or platform.machine(), []

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from bench_llm import cpu_model
+from bench_llm import cpu_model, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -91,11 +91,7 @@ def main() -> None:
               "calibration": {"sequences": args.calib, "tokens_each": args.calib_len},
               "evaluation": {"tokens": eval_tokens, "window": args.window},
               "float_perplexity": float_ppl, "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(Path(args.out), result, markdown)
 
 
 def markdown(r: dict) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from bench_llm import cpu_model
+from bench_llm import cpu_model, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = '[null, {"name": "gptq"}, {"name": "adaround", "iters": 300}, ' \
@@ -67,11 +67,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     result = {"machine": cpu_model(), "model": "all-MiniLM-L6-v2", "recipe": args.recipe,
               "calibration_sentences": args.calib, "eval_sentences": len(held), "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(Path(args.out), result, markdown)
 
 
 def markdown(r: dict) -> str:

@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,17 +35,11 @@ from pathlib import Path
 
 import torch
 
+from _machine import cpu  # noqa: E402  (benchmarks/ is on sys.path)
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def cpu() -> dict:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    info = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    flags = info.get("Flags", "").split()
-    return {"model": info.get("Model name", platform.processor()).strip(),
-            "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "flags": [f for f in flags if f.startswith(("avx", "amx")) or f == "fma"],
-            "loadavg_at_start": os.getloadavg()[0]}
 
 
 def spearman(a: list[float], b: list[float]) -> float:

@@ -19,8 +19,6 @@ import argparse
 import json
 import logging
 import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -31,18 +29,11 @@ from lowbit.zoo.digits import accuracy
 from lowbit.zoo.mobilenet_digits import (WEIGHTS_FILE, load_mobilenet_digits,
                                          load_trained_mobilenet_digits, train_mobilenet_digits)
 
+from _machine import cpu  # noqa: E402  (benchmarks/ is on sys.path)
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def cpu() -> dict:
-    """The CPU model, its vector flags, torch threads and the load average now."""
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    info = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    flags = info.get("Flags", "").split()
-    return {"model": info.get("Model name", platform.processor()).strip(),
-            "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "flags": [f for f in flags if f.startswith(("avx", "amx")) or f == "fma"],
-            "loadavg_at_start": os.getloadavg()[0]}
 
 
 def main() -> None:

@@ -346,10 +346,7 @@ def run_blocks(model: nn.Module, calib_data: Any, step: Callable[[BlockContext],
             if ref_outs is not None:
                 ref_inputs = ref_inputs.with_hidden(ref_outs)
             logger.info("block %d/%d (%s) done", index + 1, len(found), name)
-            if bar is not None:
-                bar.update(1)
-            elif callable(progress):
-                progress(index + 1)
+            _tick(bar, progress, index + 1)
     finally:
         if bar is not None:
             bar.close()
@@ -422,11 +419,16 @@ def _run_layers(model: nn.Module, calib_data: Any, step: Callable[[BlockContext]
             step(BlockContext(name, layer, inputs, index, len(found), _recorder(record, name),
                               refs[index], reference))
             logger.info("layer %d/%d (%s) done", index + 1, len(found), name)
-            if bar is not None:
-                bar.update(1)
-            elif callable(progress):
-                progress(index + 1)
+            _tick(bar, progress, index + 1)
     finally:
         if bar is not None:
             bar.close()
     return len(found)
+
+
+def _tick(bar, progress, done: int) -> None:
+    """One unit finished: advance the progress bar, or call the caller's ``progress(done)``."""
+    if bar is not None:
+        bar.update(1)
+    elif callable(progress):
+        progress(done)
